@@ -1,0 +1,247 @@
+"""Checkpointer: owns the Redis client, the config, the telemetry and the breaker, and runs
+every checkpoint operation through one bounded, instrumented path (:meth:`Checkpointer.execute`).
+
+Every operation is: breaker check → span → one awaited Redis command inside
+``asyncio.timeout(budget)`` → outcome, histogram, budget counter, span status. A redis-py call
+cancelled by the timeout drops its connection rather than leaving a half-read reply in the
+pool, so the timeout is a sound way to enforce the budget; clients built by
+:meth:`Checkpointer.from_url` have redis-py's own retries off so that they cannot eat it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from sidecar import names
+from sidecar.budget import CircuitBreaker
+from sidecar.config import CheckpointConfig
+from sidecar.errors import (
+    CheckpointError,
+    CheckpointTimeout,
+    CheckpointUnavailable,
+)
+from sidecar.models import CheckpointEvent, ContextLike
+from sidecar.store import RedisClient, Store, build_client, server_address
+from sidecar.telemetry import Instrumentation
+
+if TYPE_CHECKING:
+    from sidecar.manager import CheckpointManager
+    from sidecar.run import ResumableRun
+
+T = TypeVar("T")
+EventListener = Callable[[CheckpointEvent], Any]
+logger = logging.getLogger("sidecar")
+
+
+class Checkpointer:
+    """The entry point: one per application (and event loop), shared by all its tasks.
+
+    ``redis`` is a ``redis.asyncio.Redis`` or ``RedisCluster`` client; it stays the caller's
+    (closed by :meth:`aclose` only when built by :meth:`from_url` or ``close_client=True``).
+    ``registry`` and ``tracer_provider`` default to prometheus_client's and OpenTelemetry's
+    global ones; pass your own to keep figures apart.
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        config: CheckpointConfig | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+        on_event: EventListener | None = None,
+        close_client: bool = False,
+    ) -> None:
+        self.config = config if config is not None else CheckpointConfig()
+        self.store = Store(redis)
+        self._close_client = close_client
+        self.telemetry = Instrumentation(
+            registry=registry,
+            tracer_provider=tracer_provider,
+            budget_seconds=self.config.budget_seconds,
+            server=server_address(redis),
+            trace_identifiers=self.config.trace_identifiers,
+        )
+        self.breaker = CircuitBreaker(
+            self.config.breaker_failures, self.config.breaker_cooldown_s, self._breaker_changed
+        )
+        self.on_event = on_event
+        self._budget = self.config.budget_seconds
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._outage_logged = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | None = None,
+        *,
+        config: CheckpointConfig | None = None,
+        cluster: bool | None = None,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+        on_event: EventListener | None = None,
+    ) -> Self:
+        """Build a Checkpointer and its client (no I/O: connections open on first use).
+
+        ``url`` defaults to ``config.redis_url``. ``cluster=True`` or a ``redis+cluster://``
+        URL builds a ``RedisCluster`` client.
+        """
+        cfg = config if config is not None else CheckpointConfig()
+        if url is not None:
+            cfg = cfg.model_copy(update={"redis_url": url})
+            type(cfg).model_validate(cfg.model_dump())  # re-check the new URL
+        use_cluster = cfg.is_cluster if cluster is None else cluster
+        client = build_client(cfg.redis_url, cluster=use_cluster)
+        return cls(
+            client, cfg, registry=registry, tracer_provider=tracer_provider,
+            on_event=on_event, close_client=True,
+        )  # fmt: skip
+
+    def manager(self, ctx: ContextLike) -> CheckpointManager:
+        """The seed's per-context manager (validates the identifiers now)."""
+        from sidecar.manager import CheckpointManager
+
+        return CheckpointManager(self, ctx)
+
+    def run(self, ctx: ContextLike, plan: Sequence[str] | None = None) -> ResumableRun:
+        """A resumable run of ``ctx``: ``async with cp.run(ctx, plan) as run: ...``."""
+        from sidecar.run import ResumableRun
+
+        return ResumableRun(self.manager(ctx), plan)
+
+    async def aclose(self) -> None:
+        """Wait briefly for pending async listeners, then close an owned client."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=1.0)
+        if self._close_client:
+            await self.store.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.aclose()
+
+    # --- the one path every operation takes -------------------------------------------------
+
+    async def execute(
+        self,
+        operation: str,
+        db_operation: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        ids: tuple[str, str],
+        section: str | None = None,
+        nbytes: int | None = None,
+        measure: Callable[[Any], int | None] | None = None,
+    ) -> tuple[T | None, CheckpointError | None]:
+        """Run one Redis call within the budget; return (result, None) or (None, outage).
+
+        Outages (timeout, unreachable, circuit open) come back as the error, for the caller to
+        raise (strict) or turn into the seed's "nothing". Lease conflicts raised by ``call``
+        propagate with outcome ``rejected``.
+        """
+        tele = self.telemetry
+        span = tele.start_span(operation)
+        if span.is_recording():
+            tele.describe(span, operation, db_operation, section, ids)
+        if not self.breaker.allow():
+            err = CheckpointUnavailable(f"{operation}: circuit open after repeated failures")
+            tele.finish(span, operation, names.SKIPPED, 0.0, nbytes, None)
+            return None, err
+        start = time.perf_counter()
+        outcome = names.OK
+        error: CheckpointError | None = None
+        result: T | None = None
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                async with asyncio.timeout(self._budget):
+                    result = await call()
+        except TimeoutError:
+            outcome, error = (
+                names.TIMEOUT,
+                CheckpointTimeout(
+                    f"{operation}: no answer within the {self.config.budget_ms:g} ms budget"
+                ),
+            )
+        except CheckpointTimeout as exc:
+            outcome, error = names.TIMEOUT, exc
+        except CheckpointUnavailable as exc:
+            outcome, error = names.ERROR, exc
+        except CheckpointError as exc:  # lease conflicts: not an outage, always raised
+            self.breaker.success()
+            tele.finish(span, operation, names.REJECTED, time.perf_counter() - start, nbytes, exc)
+            raise
+        except BaseException:
+            self.breaker.abandon_probe()
+            tele.finish(span, operation, names.ERROR, time.perf_counter() - start, nbytes, None)
+            raise
+        duration = time.perf_counter() - start
+        if error is None:
+            self.breaker.success()
+            self._outage_logged = False
+            if measure is not None:
+                nbytes = measure(result)
+        else:
+            self.breaker.failure()
+            self._log_outage(error)
+        tele.finish(span, operation, outcome, duration, nbytes, error)
+        return result, error
+
+    def reject(self, operation: str, error: CheckpointError, section: str | None = None) -> None:
+        """Record a caller mistake (outcome ``rejected``); the caller then raises it."""
+        span = self.telemetry.start_span(operation)
+        if span.is_recording() and section is not None:
+            span.set_attribute("checkpoint.section", section)
+        self.telemetry.finish(span, operation, names.REJECTED, 0.0, None, error)
+
+    def emit(self, event: CheckpointEvent) -> None:
+        """Deliver an event to ``on_event``; a listener that raises is logged, never propagated."""
+        listener = self.on_event
+        if listener is None:
+            return
+        try:
+            result = listener(event)
+        except Exception:
+            logger.exception("checkpoint event listener raised; the operation is unaffected")
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._pending.add(task)
+            task.add_done_callback(self._listener_done)
+
+    def _listener_done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "checkpoint event listener raised; the operation is unaffected",
+                exc_info=task.exception(),
+            )
+
+    def _log_outage(self, error: CheckpointError) -> None:
+        if not self._outage_logged:
+            self._outage_logged = True
+            logger.warning("checkpointing degraded: %s", error)
+
+    def _breaker_changed(self, is_open: bool) -> None:
+        self.telemetry.metrics.circuit_open.set(1 if is_open else 0)
+        if is_open:
+            logger.warning(
+                "checkpoint circuit open: %d consecutive failures; calls skipped for %.1f s",
+                self.breaker.consecutive_failures, self.config.breaker_cooldown_s,
+            )  # fmt: skip
+        else:
+            logger.info("checkpoint circuit closed: Redis answers again")

@@ -1,0 +1,52 @@
+"""Section content to JSON bytes and back, through pydantic.
+
+pydantic's serializer handles what ``json.dumps`` does not (models, datetimes, decimals, UUIDs,
+enums, sets, dataclasses), and fails loudly on the rest: a save of something unserializable
+raises :class:`SerializationError` and writes nothing, instead of the seed's silent ``False``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
+
+from sidecar.errors import SectionTooLarge, SerializationError
+
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+def dump(section: str, content: Any, limit: int) -> bytes:
+    """Serialize content; raise SerializationError or SectionTooLarge before any I/O."""
+    try:
+        payload = _ANY.dump_json(content)
+    except (PydanticSerializationError, ValueError, TypeError, UnicodeError) as exc:
+        raise SerializationError(
+            f"section {section!r}: content of type {type(content).__name__} is not serializable "
+            f"as JSON ({exc})"
+        ) from exc
+    if len(payload) > limit:
+        raise SectionTooLarge(section, len(payload), limit)
+    return payload
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(model: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(model)
+
+
+def load(section: str, raw: bytes | str, model: Any = None) -> Any:
+    """Decode stored JSON; validate into ``model`` (a pydantic model or any type) when given."""
+    try:
+        if model is None:
+            return json.loads(raw)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return model.model_validate_json(raw)
+        return _adapter(model).validate_json(raw)
+    except (ValueError, ValidationError) as exc:
+        raise SerializationError(
+            f"section {section!r}: stored value does not decode: {exc}"
+        ) from exc

@@ -1,0 +1,1 @@
+"""The sidecar process: HTTP endpoint, expiry watcher, embedded server, command line."""

@@ -1,0 +1,107 @@
+"""The only module that talks to Redis: one method per command the library sends, and the
+mapping of every redis-py exception to our own hierarchy at this boundary.
+
+Each public coroutine sends exactly one command (EVALSHA, or one plain command); the single
+exception is the first call of a script on a server that has not seen it yet (NOSCRIPT), which
+is answered with EVAL of the source: one more command, once per server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeAlias
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from sidecar.errors import CheckpointTimeout, CheckpointUnavailable
+from sidecar.lua import Script
+
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+Arg: TypeAlias = str | bytes | int | float
+
+
+@contextlib.contextmanager
+def mapped_errors(operation: str) -> Iterator[None]:
+    """Turn redis-py exceptions into CheckpointTimeout / CheckpointUnavailable.
+
+    Messages name the operation and the error class, never the URL or credentials.
+    """
+    try:
+        yield
+    except rexc.TimeoutError as exc:
+        raise CheckpointTimeout(f"{operation}: Redis timed out") from exc
+    except rexc.ConnectionError as exc:  # includes AuthenticationError
+        raise CheckpointUnavailable(
+            f"{operation}: Redis unreachable ({type(exc).__name__})"
+        ) from exc
+    except rexc.ResponseError as exc:
+        code = str(exc).split(" ", 1)[0] or type(exc).__name__
+        raise CheckpointUnavailable(f"{operation}: Redis refused the command ({code})") from exc
+    except rexc.RedisError as exc:
+        raise CheckpointUnavailable(f"{operation}: Redis error ({type(exc).__name__})") from exc
+
+
+def build_client(url: str, *, cluster: bool = False) -> RedisClient:
+    """A client whose own retries are off: the overhead budget, not redis-py, decides when to
+    give up, and "unreachable" stays "unreachable" instead of turning into "timed out"."""
+    if cluster:
+        url = url.replace("redis+cluster://", "redis://", 1).replace(
+            "rediss+cluster://", "rediss://", 1
+        )
+        return RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0))
+    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), health_check_interval=0)
+
+
+def server_address(client: RedisClient) -> tuple[str, int]:
+    """Host and port for span attributes (the first startup node of a cluster)."""
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        if node is None and client.get_nodes():
+            node = client.get_nodes()[0]
+        return (str(node.host), int(node.port)) if node is not None else ("unknown", 0)
+    kwargs = client.connection_pool.connection_kwargs
+    return str(kwargs.get("host", kwargs.get("path", "localhost"))), int(kwargs.get("port", 0))
+
+
+class Store:
+    """One Redis (or Redis Cluster) client and the commands the library sends through it."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
+
+    async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        with mapped_errors(script.name):
+            try:
+                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except rexc.NoScriptError:
+                return await self.client.eval(script.source, len(keys), *keys, *args)
+
+    async def hget(self, operation: str, key: str, field: str) -> Any:
+        with mapped_errors(operation):
+            return await self.client.hget(key, field)
+
+    async def hgetall(self, operation: str, key: str) -> dict[Any, Any]:
+        with mapped_errors(operation):
+            result: dict[Any, Any] = await self.client.hgetall(key)
+            return result
+
+    async def exists(self, operation: str, key: str) -> bool:
+        with mapped_errors(operation):
+            return bool(await self.client.exists(key))
+
+    async def unlink(self, operation: str, *keys: str) -> int:
+        with mapped_errors(operation):
+            return int(await self.client.unlink(*keys))
+
+    async def ping(self) -> bool:
+        with mapped_errors("ping"):
+            return bool(await self.client.ping())
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(rexc.RedisError, OSError):
+            await self.client.aclose()
