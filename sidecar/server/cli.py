@@ -1,0 +1,302 @@
+"""``checkpoint-sidecar``: the command line (also ``python -m sidecar``).
+
+Subcommands: ``serve`` (the sidecar process), ``dashboards`` and ``alerts`` (generated from
+:mod:`sidecar.names` by :mod:`sidecar.ops`), ``demo`` (:mod:`sidecar.demo`). Heavy imports
+happen at dispatch, so ``--help`` is quick. A bad flag prints a short usage line and one error
+line, and exits 2; a failure at start prints one error line and exits 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from typing import NoReturn
+
+PROG = "checkpoint-sidecar"
+USAGE_ERROR = 2
+
+
+def version() -> str:
+    try:
+        return metadata.version("checkpoint-sidecar")
+    except metadata.PackageNotFoundError:
+        from sidecar import __version__
+
+        return __version__
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage and a one-line error instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"usage: {self.prog} [options]  (see {self.prog} --help)\n")
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be 0-3600 seconds, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the sidecar: /metrics, /healthz, /readyz and the TTL-expiry watcher",
+        description=(
+            "Serve Prometheus metrics and health endpoints, and count checkpoints that expired "
+            "unused (Redis expiry events). Without --redis-url and SIDECAR_REDIS_URL it starts "
+            "a private embedded Valkey. Stops cleanly (exit 0) on SIGTERM or SIGINT."
+        ),
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis to watch: redis://[user:password@]host:port/db, rediss://, unix:// "
+        "(env SIDECAR_REDIS_URL)",
+    )
+    where.add_argument(
+        "--embedded",
+        action="store_true",
+        help="start a private Valkey on loopback (needs checkpoint-sidecar[embedded]) and print "
+        "the URL agents should use",
+    )
+    p.add_argument(
+        "--key-prefix",
+        metavar="PREFIX",
+        help="key prefix of the agents' checkpoints (env SIDECAR_KEY_PREFIX, default ckpt)",
+    )
+    p.add_argument(
+        "--host",
+        default=_env("SIDECAR_HOST", "127.0.0.1"),
+        help="HTTP address to bind; 0.0.0.0 to let Prometheus in from outside the pod "
+        "(env SIDECAR_HOST, default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=_env("SIDECAR_PORT", "9464"),
+        help="HTTP port; 0 picks a free one (env SIDECAR_PORT, default 9464)",
+    )
+    p.add_argument(
+        "--multiproc-dir",
+        metavar="DIR",
+        default=_env("SIDECAR_MULTIPROC_DIR"),
+        help="aggregate the metrics agents write into this PROMETHEUS_MULTIPROC_DIR "
+        "(env SIDECAR_MULTIPROC_DIR; falls back to PROMETHEUS_MULTIPROC_DIR)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=_env("SIDECAR_DATA_DIR"),
+        help="with the embedded server: keep its data (append-only file) in DIR across "
+        "restarts (env SIDECAR_DATA_DIR; default: nothing kept)",
+    )
+    p.add_argument(
+        "--embedded-port",
+        type=_port,
+        default=_env("SIDECAR_EMBEDDED_PORT", "0"),
+        help="port of the embedded server (env SIDECAR_EMBEDDED_PORT; default: a free port)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        default=_env("SIDECAR_CONNECT_TIMEOUT", "30"),
+        help="how long to wait at start for Redis to answer (env SIDECAR_CONNECT_TIMEOUT, "
+        "default 30)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        type=str.lower,
+        default=_env("SIDECAR_LOG_LEVEL", "info"),
+        help="log level; debug logs each expired run's user and run id (env SIDECAR_LOG_LEVEL, "
+        "default info)",
+    )
+    p.set_defaults(handler=_run_serve, parser=p)
+
+
+def _add_dashboards(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "dashboards",
+        help="write the Grafana dashboards (JSON) and optionally render an overview PNG",
+        description="Generate the Grafana dashboards from the metric names in sidecar.names.",
+    )
+    p.add_argument("--out", metavar="DIR", default="dashboards", help="output directory")
+    p.add_argument(
+        "--budget-ms", type=_positive, default=100.0, help="overhead budget in ms (default 100)"
+    )
+    p.add_argument(
+        "--slo", type=_positive, default=0.99, help="share of calls within budget (default 0.99)"
+    )
+    p.add_argument("--render", metavar="PNG", help="also render the overview panel to PNG")
+    p.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        default="http://127.0.0.1:9090",
+        help="Prometheus to query for --render (default http://127.0.0.1:9090)",
+    )
+    p.set_defaults(handler=_run_dashboards, parser=p)
+
+
+def _add_alerts(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "alerts",
+        help="write the Prometheus alerting and recording rules (YAML)",
+        description="Generate the Prometheus rules from the metric names in sidecar.names.",
+    )
+    p.add_argument("--out", metavar="FILE", default="alerts/checkpoint-rules.yml", help="output")
+    p.add_argument(
+        "--budget-ms", type=_positive, default=100.0, help="overhead budget in ms (default 100)"
+    )
+    p.add_argument(
+        "--slo", type=_positive, default=0.99, help="share of calls within budget (default 0.99)"
+    )
+    p.set_defaults(handler=_run_alerts, parser=p)
+
+
+def _add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo (agents, failures, resume, metrics)",
+        description="Run the end-to-end demo of checkpoint-sidecar.",
+    )
+    try:
+        from sidecar.demo import add_arguments  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        pass
+    else:
+        add_arguments(p)
+    p.set_defaults(handler=_run_demo, parser=p)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=PROG,
+        description="Budget-bounded Redis checkpoints for LLM agents: the sidecar process "
+        "(metrics, TTL-expiry watcher, health) and its tooling.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for add in (_add_serve, _add_dashboards, _add_alerts, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # report it against the subcommand, whose usage is the one that helps
+        sub: argparse.ArgumentParser = getattr(args, "parser", parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.error("choose a command: serve, dashboards, alerts or demo")
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(command: str, message: str) -> int:
+    sys.stderr.write(f"{PROG} {command}: error: {message}\n")
+    return 1
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from sidecar.server.serve import serve
+
+    return serve(args)
+
+
+def _ops(command: str, function: str) -> Callable[..., object] | None:
+    try:
+        from sidecar import ops
+    except ImportError as exc:
+        _fail(
+            command, f"sidecar.ops is unavailable ({exc}); install checkpoint-sidecar[dashboards]"
+        )
+        return None
+    found: Callable[..., object] | None = getattr(ops, function, None)
+    if found is None:
+        _fail(command, f"sidecar.ops.{function} is not available in this version")
+    return found
+
+
+def _run_dashboards(args: argparse.Namespace) -> int:
+    generate = _ops("dashboards", "generate_dashboards")
+    if generate is None:
+        return USAGE_ERROR
+    try:
+        generate(args.out, budget_ms=args.budget_ms, slo=args.slo)
+        if args.render:
+            render = _ops("dashboards", "render_overview_png")
+            if render is None:
+                return USAGE_ERROR
+            render(args.prometheus_url, args.render)
+    except (OSError, ValueError, ImportError) as exc:
+        return _fail("dashboards", str(exc))
+    print(
+        f"dashboards written to {args.out}"
+        + (f", overview in {args.render}" if args.render else "")
+    )
+    return 0
+
+
+def _run_alerts(args: argparse.Namespace) -> int:
+    generate = _ops("alerts", "generate_rules")
+    if generate is None:
+        return USAGE_ERROR
+    try:
+        generate(args.out, budget_ms=args.budget_ms, slo=args.slo)
+    except (OSError, ValueError, ImportError) as exc:
+        return _fail("alerts", str(exc))
+    print(f"rules written to {args.out}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    try:
+        from sidecar.demo import run  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        _fail("demo", f"the demo is not available in this installation ({exc})")
+        return USAGE_ERROR
+    code: int = run(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
