@@ -1,0 +1,106 @@
+"""PromQL building blocks shared by the alert rules and the dashboards.
+
+One place defines what "within budget", "an operation" and "an error" mean in PromQL, so the
+rules that page and the panels that explain the page can never disagree. Metric names and label
+values come from :mod:`sidecar.names`; nothing here retypes them.
+
+Aggregation: an agent process and the sidecar may both be scraped (same job, different
+instances), so every sum drops the per-target labels (``instance``, ``pod``) and the per-event
+labels, and keeps the rest (``job``, ``namespace`` ...). No job name is hard-coded.
+
+Latency SLI (see docs/runbooks.md, "The latency SLO"):
+
+* events = operations that reached Redis: outcome ``ok``, ``error`` or ``timeout``. ``skipped``
+  (circuit open, no network call) and ``rejected`` (caller mistake, lease conflict) are not
+  latency events; the circuit-breaker and error alerts cover them.
+* good = events with outcome ``ok`` or ``error`` in the bucket ``le="<budget>"``. A timeout is
+  always bad: by definition the call gave up at the budget. A fast error is a latency success
+  (the caller got its answer in time); errors are paged on by ``CheckpointErrorsHigh``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client.utils import floatToGoString
+
+from sidecar import names
+
+# Labels that identify one scraped process; dropped so agents and the sidecar add up.
+TARGET_LABELS = ("instance", "pod")
+_LATENCY_EVENT_OUTCOMES = (names.OK, names.ERROR, names.TIMEOUT)
+_GOOD_OUTCOMES = (names.OK, names.ERROR)
+_FAILED_OUTCOMES = (names.ERROR, names.TIMEOUT)
+
+
+def le_label(budget_seconds: float) -> str:
+    """The ``le`` label value prometheus_client writes for the budget bucket edge."""
+    return floatToGoString(round(budget_seconds, 9))
+
+
+def regex(values: tuple[str, ...]) -> str:
+    """An anchored alternation of label values, e.g. ``ok|error``."""
+    return "|".join(values)
+
+
+def without(*extra: str) -> str:
+    """``sum without (...)`` dropping the target labels plus ``extra``."""
+    return "sum without (" + ", ".join((*TARGET_LABELS, *extra)) + ")"
+
+
+@dataclass(frozen=True)
+class Queries:
+    """PromQL for one budget. ``matchers`` is spliced into every selector (dashboards pass
+    ``job=~"$job", instance=~"$instance"``; rules pass nothing)."""
+
+    budget_seconds: float
+    matchers: str = ""
+
+    def _sel(self, metric: str, *extra: str) -> str:
+        parts = [m for m in (self.matchers, *extra) if m]
+        return f"{metric}{{{', '.join(parts)}}}" if parts else metric
+
+    # --- latency SLI ------------------------------------------------------------------------
+    def good_rate(self, window: str) -> str:
+        bucket = self._sel(
+            names.OPERATION_DURATION + "_bucket",
+            f'le="{le_label(self.budget_seconds)}"',
+            f'outcome=~"{regex(_GOOD_OUTCOMES)}"',
+        )
+        return f"{without('operation', 'outcome', 'le')} (rate({bucket}[{window}]))"
+
+    def events_rate(self, window: str) -> str:
+        count = self._sel(
+            names.OPERATION_DURATION + "_count", f'outcome=~"{regex(_LATENCY_EVENT_OUTCOMES)}"'
+        )
+        return f"{without('operation', 'outcome')} (rate({count}[{window}]))"
+
+    def sli_error_ratio(self, window: str) -> str:
+        """Share of latency events over the budget (or timed out) in ``window``."""
+        events = self.events_rate(window)
+        return f"1 - ({self.good_rate(window)}) / ({events})"
+
+    # --- outcomes ---------------------------------------------------------------------------
+    def failed_ratio(self, window: str) -> str:
+        """error + timeout share of the operations that reached Redis."""
+        failed = self._sel(
+            names.OPERATION_DURATION + "_count", f'outcome=~"{regex(_FAILED_OUTCOMES)}"'
+        )
+        return (
+            f"{without('operation', 'outcome')} (rate({failed}[{window}]))"
+            f" / {self.events_rate(window)}"
+        )
+
+    # --- runs -------------------------------------------------------------------------------
+    def runs_started(self, window: str, mode: str | None = None) -> str:
+        extra = (f'mode="{mode}"',) if mode else ()
+        sel = self._sel(names.RUNS_STARTED, *extra)
+        return f"{without('mode')} (rate({sel}[{window}]))"
+
+    def resumed_ratio(self, window: str) -> str:
+        return f"{self.runs_started(window, 'resumed')} / {self.runs_started(window)}"
+
+    def ttl_expiry_ratio(self, window: str) -> str:
+        """Runs that expired unfinished per run started (increase, not rate, reads better)."""
+        expiries = f"{without()} (rate({self._sel(names.TTL_EXPIRIES)}[{window}]))"
+        return f"{expiries} / {self.runs_started(window)}"

@@ -1,0 +1,128 @@
+"""The generated Prometheus rules: committed file up to date, valid, tested, honest."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from sidecar import names
+from sidecar.ops import generate_rules
+from sidecar.ops.promql import le_label
+from sidecar.ops.rules import alerts, rules_document
+
+RULES = pathlib.Path("alerts") / "checkpoint-rules.yml"
+EXPECTED_ALERTS = {
+    "CheckpointLatencyBudgetBurnFast": "critical",
+    "CheckpointLatencyBudgetBurnSlow": "critical",
+    "CheckpointLatencyBudgetBurnTicket": "warning",
+    "CheckpointErrorsHigh": "warning",
+    "CheckpointCircuitOpen": "critical",
+    "CheckpointTTLExpiriesHigh": "warning",
+    "CheckpointResumeRateHigh": "warning",
+    "CheckpointSidecarDown": "critical",
+    "CheckpointExpiryWatcherDown": "warning",
+}
+_KNOWN_METRICS = {
+    value for key, value in vars(names).items() if key.isupper() and isinstance(value, str)
+}
+
+
+def _run(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _rules(doc: dict[str, object]) -> list[dict[str, object]]:
+    groups = doc["groups"]
+    assert isinstance(groups, list)
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_committed_rules_equal_generated(repo: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    fresh = generate_rules(tmp_path / "rules.yml")
+    committed = (repo / RULES).read_text(encoding="utf-8")
+    assert committed == fresh.read_text(encoding="utf-8"), (
+        "alerts/checkpoint-rules.yml is stale: run `python -m sidecar.ops --out-dir .`"
+    )
+
+
+def test_promtool_check_rules(repo: pathlib.Path, promtool: str) -> None:
+    result = _run(promtool, "check", "rules", str(RULES), cwd=repo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 17 rules found" in result.stdout
+
+
+def test_promtool_unit_tests(repo: pathlib.Path, promtool: str) -> None:
+    tests = sorted(str(p.relative_to(repo)) for p in (repo / "alerts" / "tests").glob("*.yml"))
+    assert len(tests) >= 3
+    result = _run(promtool, "test", "rules", *tests, cwd=repo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(tests)
+
+
+def test_every_alert_has_a_quiet_and_a_firing_case(repo: pathlib.Path) -> None:
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for path in (repo / "alerts" / "tests").glob("*.yml"):
+        for case in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fires if check["exp_alerts"] else quiet).add(check["alertname"])
+    assert fires >= set(EXPECTED_ALERTS), set(EXPECTED_ALERTS) - fires
+    assert quiet >= set(EXPECTED_ALERTS), set(EXPECTED_ALERTS) - quiet
+
+
+@pytest.mark.parametrize(("budget_ms", "slo"), [(250.0, 0.995), (33.3, 0.9)])
+def test_other_budget_regenerates_valid_rules(
+    budget_ms: float, slo: float, tmp_path: pathlib.Path, promtool: str
+) -> None:
+    path = generate_rules(tmp_path / "rules.yml", budget_ms=budget_ms, slo=slo)
+    text = path.read_text(encoding="utf-8")
+    budget_s = budget_ms / 1000
+    edge = le_label(budget_s)
+    assert round(budget_s, 9) in names.latency_buckets(budget_s)
+    assert text.count(f'le="{edge}"') == 5  # one per SLI window
+    assert 'le="0.1"' not in text
+    assert f"/ {1 - slo:.3g} >" in text
+    result = _run(promtool, "check", "rules", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_names_labels_and_annotations(repo: pathlib.Path) -> None:
+    doc = yaml.safe_load((repo / RULES).read_text(encoding="utf-8"))
+    rules = [r for r in _rules(doc) if "alert" in r]
+    assert {r["alert"]: r["labels"]["severity"] for r in rules} == EXPECTED_ALERTS
+    runbook = (repo / "docs" / "runbooks.md").read_text(encoding="utf-8")
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in runbook.splitlines()
+        if line.startswith("#")
+    }
+    for rule in rules:
+        notes = rule["annotations"]
+        assert set(notes) == {"summary", "description", "runbook_url"}
+        assert "$value | humanize" in notes["description"], rule["alert"]
+        url, _, anchor = notes["runbook_url"].partition("#")
+        assert url.endswith("/docs/runbooks.md")
+        assert anchor in anchors, f"docs/runbooks.md has no heading for {rule['alert']}"
+
+
+def test_no_hard_coded_target_and_only_known_metrics() -> None:
+    doc = rules_document()
+    for rule in _rules(doc):
+        expr = str(rule["expr"])
+        assert not re.search(r"\b(job|instance)\s*=~?\s*\"", expr), expr
+        for metric in re.findall(r"\b((?:checkpoint|sidecar)_[a-z_]+)\b", expr):
+            base = re.sub(r"_(bucket|count|sum)$", "", metric)
+            assert base in _KNOWN_METRICS, f"{metric} is not a name from sidecar.names"
+    assert all(
+        a.expr() == next(r["expr"] for r in _rules(doc) if r.get("alert") == a.name)
+        for a in alerts(100.0, 0.99)
+    )
+
+
+def test_rejects_nonsense_slo(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="slo"):
+        generate_rules(tmp_path / "r.yml", slo=1.5)
