@@ -167,7 +167,7 @@ class Checkpointer:
         error: CheckpointError | None = None
         result: T | None = None
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
                 async with asyncio.timeout(self._budget):
                     result = await call()
         except TimeoutError:

@@ -108,6 +108,8 @@ def parse_key(prefix: str, key: str | bytes) -> ParsedKey | None:
     if not sep or kind not in _KINDS or len(parts) != 2 or not all(parts):
         return None
     kind_literal: KeyKind = kind  # type: ignore[assignment]
-    return ParsedKey(
-        unquote(parts[0], errors="strict"), unquote(parts[1], errors="strict"), kind_literal
-    )
+    try:
+        user, run = (unquote(part, errors="strict") for part in parts)
+    except UnicodeDecodeError:
+        return None
+    return ParsedKey(user, run, kind_literal)

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from sidecar import codec, lua
-from sidecar.errors import CheckpointError, LeaseHeld, LeaseLost
+from sidecar.errors import LeaseHeld, LeaseLost
 from sidecar.keys import validate_section
 from sidecar.manager import CheckpointManager, ordered_sections, pairs
 
@@ -114,12 +114,18 @@ class ResumableRun:
             if not self._degraded:
                 await self._release()
             return
+        try:
+            if self._lost:
+                raise LeaseLost("another attempt took this run over; it did not complete here")
+            if self._degraded:
+                await self.manager.cleanup()
+            else:
+                await self._finish()
+        except BaseException:
+            metrics.runs_finished.labels("failed").inc()
+            raise
         metrics.runs_finished.labels("completed").inc()
         self._success = True
-        if self._degraded:
-            await self.manager.cleanup()
-        else:
-            await self._finish()
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -216,13 +222,7 @@ class ResumableRun:
             if not int(await store.run_script(lua.FINISH_RUN, mgr.keys.all, args)):
                 raise LeaseLost("cleanup refused: another attempt has taken over this run")
 
-        try:
-            _, error = await self._cp.execute(
-                "cleanup", "EVALSHA", call, ids=(mgr.user_id, mgr.run_id)
-            )
-        except CheckpointError:
-            self._success = False
-            raise
+        _, error = await self._cp.execute("cleanup", "EVALSHA", call, ids=(mgr.user_id, mgr.run_id))
         if error is not None:
             if self._cp.config.strict:
                 raise error

@@ -14,8 +14,8 @@ from pydantic import BaseModel
 
 from sidecar import (
     CheckpointConfig,
-    CheckpointFactory,
     Checkpointer,
+    CheckpointFactory,
     InvalidIdentifier,
     Progress,
     RunContext,
@@ -154,7 +154,9 @@ async def test_progress_shape(cp: Checkpointer) -> None:
     assert abs((progress.last_update - before).total_seconds()) < 5
 
 
-async def test_has_checkpoints_age_and_cleanup(cp: Checkpointer, redis_client: aioredis.Redis) -> None:
+async def test_has_checkpoints_age_and_cleanup(
+    cp: Checkpointer, redis_client: aioredis.Redis
+) -> None:
     mgr = cp.manager(CTX)
     assert await mgr.has_checkpoints() is False
     assert await mgr.get_checkpoint_age() is None
@@ -167,7 +169,9 @@ async def test_has_checkpoints_age_and_cleanup(cp: Checkpointer, redis_client: a
     assert await redis_client.dbsize() == 0
 
 
-async def test_age_comes_from_the_server_clock(cp: Checkpointer, redis_client: aioredis.Redis) -> None:
+async def test_age_comes_from_the_server_clock(
+    cp: Checkpointer, redis_client: aioredis.Redis
+) -> None:
     mgr = cp.manager(CTX)
     await mgr.save_section("summary", "x")
     # Pretend the last save happened 100 s earlier by the server's clock.
@@ -203,7 +207,9 @@ async def test_client_with_decoded_responses_works(redis_url: str, registry: obj
 
 async def test_from_url_builds_and_closes_its_client(redis_url: str, registry: object) -> None:
     async with Checkpointer.from_url(
-        redis_url, config=CheckpointConfig(budget_ms=1000), registry=registry  # type: ignore[arg-type]
+        redis_url,
+        config=CheckpointConfig(budget_ms=1000),
+        registry=registry,  # type: ignore[arg-type]
     ) as cp:
         assert cp.config.redis_url == redis_url
         assert await cp.manager(CTX).save_section("s", 1)
