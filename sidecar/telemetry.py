@@ -148,17 +148,23 @@ class Instrumentation:
         section: str | None,
         ids: tuple[str, str],
     ) -> None:
-        """Set the span's request attributes (only called when the span is recording)."""
-        span.set_attribute("db.system.name", "redis")
-        span.set_attribute("db.operation.name", db_operation)
-        span.set_attribute("server.address", self.server_address)
-        span.set_attribute("server.port", self.server_port)
-        span.set_attribute("checkpoint.operation", operation)
+        """Set the span's request attributes (only called when the span is recording).
+
+        One ``set_attributes`` call: the SDK takes its lock once rather than per attribute.
+        """
+        attrs: dict[str, str | int] = {
+            "db.system.name": "redis",
+            "db.operation.name": db_operation,
+            "server.address": self.server_address,
+            "server.port": self.server_port,
+            "checkpoint.operation": operation,
+        }
         if section is not None:
-            span.set_attribute("checkpoint.section", section)
+            attrs["checkpoint.section"] = section
         if self.trace_identifiers:
-            span.set_attribute("checkpoint.user_id", ids[0])
-            span.set_attribute("checkpoint.run_id", ids[1])
+            attrs["checkpoint.user_id"] = ids[0]
+            attrs["checkpoint.run_id"] = ids[1]
+        span.set_attributes(attrs)
 
     def finish(
         self,
@@ -173,10 +179,13 @@ class Instrumentation:
         exceeded = duration > self.budget_seconds
         exemplar = None
         if span.is_recording():
-            span.set_attribute("checkpoint.outcome", outcome)
-            span.set_attribute("checkpoint.budget_exceeded", exceeded)
+            result: dict[str, str | bool | int] = {
+                "checkpoint.outcome": outcome,
+                "checkpoint.budget_exceeded": exceeded,
+            }
             if nbytes is not None:
-                span.set_attribute("checkpoint.bytes", nbytes)
+                result["checkpoint.bytes"] = nbytes
+            span.set_attributes(result)
             if error is not None:
                 span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
