@@ -1,0 +1,110 @@
+"""The demo's options and entry point (called by ``checkpoint-sidecar demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_RUNS = 40
+DEFAULT_CONCURRENCY = 10
+DEFAULT_SEED = 7
+DEFAULT_PORT = 9464
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be 1-100000, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 60 seconds, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to ``parser``."""
+    parser.description = (
+        "Run many reporting agents (examples/reporting_agent.py) with injected crashes and LLM "
+        "timeouts; retries resume from checkpoints, abandoned runs expire. Shows live progress "
+        "and a summary; serves Prometheus metrics while it runs. Without --redis-url and "
+        "SIDECAR_REDIS_URL it starts a private embedded Valkey. Writes only keys under the "
+        "'ckpt-demo' prefix."
+    )
+    parser.add_argument("--runs", type=_count, default=DEFAULT_RUNS, metavar="N",
+                        help=f"reports to write (default {DEFAULT_RUNS})")  # fmt: skip
+    parser.add_argument("--concurrency", type=_count, default=DEFAULT_CONCURRENCY, metavar="N",
+                        help=f"runs at the same time (default {DEFAULT_CONCURRENCY})")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S",
+                        help="seed of the failure plan: same seed, same failures "
+                        f"(default {DEFAULT_SEED})")  # fmt: skip
+    parser.add_argument("--slow-redis", type=_seconds, nargs="?", const=1.5, default=None,
+                        metavar="SECONDS",
+                        help="pause the embedded server this long (default 1.5 s) a third of the "
+                        "way in: budget timeouts, then the circuit breaker")  # fmt: skip
+    parser.add_argument("--keep-serving", action="store_true",
+                        help="keep /metrics up after the summary until Ctrl-C")  # fmt: skip
+    parser.add_argument("--redis-url", metavar="URL", default=os.environ.get("SIDECAR_REDIS_URL"),
+                        help="use this Redis instead of the embedded one "
+                        "(env SIDECAR_REDIS_URL)")  # fmt: skip
+    parser.add_argument("--metrics-port", type=_port, default=DEFAULT_PORT, metavar="PORT",
+                        help=f"port of /metrics on 127.0.0.1 (default {DEFAULT_PORT}; 0 = any "
+                        "free port; a taken port falls back to a free one)")  # fmt: skip
+    parser.add_argument("--abandon-ttl", type=_count, default=2, metavar="SECONDS",
+                        help="TTL of the abandoned runs' checkpoints (default 2)")  # fmt: skip
+    parser.add_argument("--budget-ms", type=float, default=100.0, metavar="MS",
+                        help="overhead budget of one checkpoint call (default 100)")  # fmt: skip
+    parser.add_argument("--json", type=Path, metavar="PATH", dest="json_path",
+                        help="also write the summary as JSON to PATH")  # fmt: skip
+    display = parser.add_mutually_exclusive_group()
+    display.add_argument("--live", dest="live", action="store_true", default=None,
+                         help="live display even when stdout is not a terminal")  # fmt: skip
+    display.add_argument("--plain", dest="live", action="store_false",
+                         help="no live display: print the agents' progress lines")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo with the parsed ``args``; returns the exit code (0: every run finished)."""
+    from sidecar.demo.driver import Options, run_demo
+    from sidecar.server.embedded import EmbeddedServerError
+    from sidecar.server.runtime import SidecarStartError
+
+    opts = Options(
+        runs=args.runs,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        slow_redis_s=args.slow_redis,
+        keep_serving=args.keep_serving,
+        redis_url=args.redis_url or None,
+        metrics_port=args.metrics_port,
+        json_path=args.json_path,
+        abandon_ttl_s=args.abandon_ttl,
+        budget_ms=args.budget_ms,
+        live=args.live,
+    )
+    try:
+        return run_demo(opts)
+    except (EmbeddedServerError, SidecarStartError, OSError) as exc:
+        sys.stderr.write(f"checkpoint-sidecar demo: error: {exc}\n")
+        return 1
