@@ -9,11 +9,12 @@ line, and exits 2; a failure at start prints one error line and exits 1; never a
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import NoReturn
+from typing import Any, NoReturn
 
 PROG = "checkpoint-sidecar"
 USAGE_ERROR = 2
@@ -194,11 +195,8 @@ def _add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
         help="run the end-to-end demo (agents, failures, resume, metrics)",
         description="Run the end-to-end demo of checkpoint-sidecar.",
     )
-    try:
-        from sidecar.demo import add_arguments  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        pass
-    else:
+    add_arguments = _demo_function("add_arguments")
+    if add_arguments is not None:
         add_arguments(p)
     p.set_defaults(handler=_run_demo, parser=p)
 
@@ -288,15 +286,20 @@ def _run_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def _demo_function(name: str) -> Callable[..., Any] | None:
+    """``sidecar.demo.<name>``, or None when the demo is not installed (or not finished)."""
     try:
-        from sidecar.demo import run  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:
-        _fail("demo", f"the demo is not available in this installation ({exc})")
+        module = importlib.import_module("sidecar.demo")
+    except ImportError:
+        return None
+    found: Callable[..., Any] | None = getattr(module, name, None)
+    return found
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    run = _demo_function("run")
+    if run is None:
+        _fail("demo", "the demo is not available in this installation (no sidecar.demo.run)")
         return USAGE_ERROR
-    code: int = run(args)
-    return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    code = run(args)
+    return int(code) if code is not None else 0

@@ -182,22 +182,24 @@ class Sidecar:
 
     async def _wait_subscribed(self) -> None:
         assert self._watcher_task is not None
-        waiter = asyncio.ensure_future(self.watcher.state.ever_subscribed.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {waiter, self._watcher_task},
-                timeout=self.connect_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            waiter.cancel()
-        if self._watcher_task in done:
-            self._watcher_task.result()  # raises what made it stop
-        if waiter not in done:
-            raise SidecarStartError(
-                f"the expiry watcher could not subscribe on {redact_url(self.config.redis_url)}"
-                f" within {self.connect_timeout:g} s: {self.watcher.state.last_error}"
-            )
+        state = self.watcher.state
+        deadline = time.monotonic() + self.connect_timeout
+        while not state.ever_subscribed.is_set():
+            if self._watcher_task.done():
+                self._watcher_task.result()  # raises what made it stop
+            where = redact_url(self.config.redis_url)
+            if state.refused:
+                raise SidecarStartError(
+                    f"Redis at {where} refused the expiry watcher ({state.refused}); its user "
+                    "needs SUBSCRIBE and the channel __keyevent@*__:expired"
+                )
+            if time.monotonic() > deadline:
+                raise SidecarStartError(
+                    f"the expiry watcher could not subscribe on {where} within "
+                    f"{self.connect_timeout:g} s: {state.last_error}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.ever_subscribed.wait(), 0.05)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; raises if the HTTP server or the watcher died."""

@@ -105,6 +105,7 @@ class WatcherState:
     reconnects: int = 0
     subscriptions: int = 0
     last_error: str | None = None
+    refused: str | None = None  # a command Redis refused (ACL): retrying will not fix it
     ever_subscribed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -145,6 +146,7 @@ class ExpiryWatcher:
         self.state = WatcherState()
         self._head = f"{self.key_prefix}:{{".encode()
         self._warned_events = False
+        self._last_logged: str | None = None
 
     def _client(self, url: str) -> aioredis.Redis:
         # redis-py's own retries are off: this loop owns reconnection and its backoff.
@@ -182,8 +184,14 @@ class ExpiryWatcher:
             delay = min(delay * 2, self.backoff_max)
 
     def _lost(self, url: str, exc: BaseException, failures: int) -> None:
-        self.state.last_error = f"{type(exc).__name__}: {exc}"
-        level = logging.WARNING if self.state.redis_up or failures == 0 else logging.DEBUG
+        error = f"{type(exc).__name__}: {exc}"
+        self.state.last_error = error
+        if isinstance(exc, ResponseError):  # connected, but a command was refused (ACL)
+            self.state.refused = error
+        # Warn when it was up, at the first failure, and when the reason changes; else debug.
+        fresh = self.state.subscribed or failures == 0 or error != self._last_logged
+        self._last_logged = error
+        level = logging.WARNING if fresh else logging.DEBUG
         log.log(
             level,
             "expiry watcher lost Redis at %s: %s; reconnecting",
@@ -263,7 +271,8 @@ class ExpiryWatcher:
             elif kind == "subscribe":
                 state.subscribed = True
                 state.redis_up = True
-                state.last_error = None
+                state.last_error = state.refused = None
+                self._last_logged = None
                 state.subscriptions += 1
                 if reconnect:
                     state.reconnects += 1

@@ -1,0 +1,150 @@
+"""The command line as a real process: help, version, short errors, signals, embedded server."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sidecar.server.embedded import EmbeddedServer, free_port
+
+from .helpers import ROOT, SidecarProcess, clean_env, serve_args
+
+Factory = Callable[..., SidecarProcess]
+
+
+def run_cli(*args: str, tmp_path: Path, timeout: float = 30.0) -> tuple[int, str, str]:
+    out, err = tmp_path / "cli.out", tmp_path / "cli.err"
+    with out.open("wb") as o, err.open("wb") as e:
+        code = subprocess.run(
+            [sys.executable, "-m", "sidecar", *args],
+            stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=clean_env(), cwd=ROOT,
+            timeout=timeout, check=False,
+        ).returncode  # fmt: skip
+    return code, out.read_text(), err.read_text()
+
+
+def test_help_explains_every_serve_option(tmp_path: Path) -> None:
+    code, out, _ = run_cli("serve", "--help", tmp_path=tmp_path)
+    assert code == 0
+    for flag in (
+        "--redis-url", "--embedded", "--key-prefix", "--host", "--port", "--multiproc-dir",
+        "--data-dir", "--embedded-port", "--connect-timeout", "--log-level",
+    ):  # fmt: skip
+        assert flag in out
+    code, out, _ = run_cli("--help", tmp_path=tmp_path)
+    assert code == 0
+    for command in ("serve", "dashboards", "alerts", "demo"):
+        assert command in out
+
+
+def test_version(tmp_path: Path) -> None:
+    code, out, _ = run_cli("--version", tmp_path=tmp_path)
+    assert code == 0
+    assert re.fullmatch(r"checkpoint-sidecar \d+\.\d+\.\d+\S*\n", out)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--bogus"],
+        ["serve", "--port", "http"],
+        ["serve", "--redis-url", "redis://x/0", "--embedded"],
+        ["nonsense"],
+        [],
+    ],
+)
+def test_bad_flags_give_usage_line_and_one_error_line(args: list[str], tmp_path: Path) -> None:
+    code, out, err = run_cli(*args, tmp_path=tmp_path)
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("usage: checkpoint-sidecar")
+    assert "error: " in lines[1]
+    assert "Traceback" not in err + out
+
+
+def test_invalid_setting_is_one_line(tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        "serve", "--redis-url", "redis://127.0.0.1:1/0", "--key-prefix", "a:b", tmp_path=tmp_path
+    )
+    assert code == 1
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("checkpoint-sidecar serve: error: invalid --key-prefix")
+
+
+def test_unreachable_redis_gives_one_error_line_without_password(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    url = f"redis://agent:hunter2-secret@127.0.0.1:{port}/0"
+    code, _, err = run_cli(
+        "serve", "--redis-url", url, "--connect-timeout", "0.5", "--port", "0", tmp_path=tmp_path
+    )
+    assert code == 1
+    assert "Traceback" not in err
+    assert "hunter2" not in err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1
+    assert "not reachable" in error_lines[0]
+    assert f"127.0.0.1:{port}" in error_lines[0]
+
+
+def test_demo_subcommand_delegates_or_says_it_is_missing(tmp_path: Path) -> None:
+    if importlib.util.find_spec("sidecar.demo") is None:
+        code, _, err = run_cli("demo", tmp_path=tmp_path)
+        assert code == 2
+        assert len(err.splitlines()) == 1
+        assert "demo" in err
+    else:  # the demo's own options appear in its help, through add_arguments()
+        code, out, err = run_cli("demo", "--help", tmp_path=tmp_path)
+        assert code == 0, err
+        assert "usage: checkpoint-sidecar demo" in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_with_exit_0_within_5_s(
+    sig: signal.Signals, private_server: EmbeddedServer, sidecar_factory: Factory
+) -> None:
+    sc = sidecar_factory(*serve_args(private_server.url, "sig")).wait_serving()
+    assert sc.readyz()[0] == 200
+    started = time.monotonic()
+    code = sc.signal(sig)
+    elapsed = time.monotonic() - started
+    assert code == 0, sc.stderr
+    assert elapsed < 5.0
+    assert "Traceback" not in sc.stderr
+
+
+def test_embedded_server_prints_its_url_and_stops_with_the_sidecar(
+    sidecar_factory: Factory, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    sc = sidecar_factory(
+        "serve", "--embedded", "--port", "0", "--data-dir", str(data_dir), env=clean_env()
+    ).wait_serving()
+    match = re.search(r"SIDECAR_REDIS_URL=(redis://127\.0\.0\.1:(\d+)/0)", sc.stdout)
+    assert match, sc.stdout
+    port = int(match.group(2))
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+        conn.sendall(b"PING\r\n")
+        assert conn.recv(16).startswith(b"+PONG")
+    status, body = sc.readyz()
+    assert status == 200
+    assert body["expiry_events"] == "confirmed"
+    assert sc.signal(signal.SIGTERM) == 0
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
+        pass
+    assert data_dir.is_dir()  # persistence was asked: the directory is kept
+
+
+def test_embedded_when_no_url_is_configured(sidecar_factory: Factory) -> None:
+    sc = sidecar_factory("serve", "--port", "0").wait_serving()
+    assert "embedded Valkey at redis://127.0.0.1:" in sc.stdout
+    assert sc.signal(signal.SIGTERM) == 0
