@@ -1,0 +1,82 @@
+"""The in-process API (``Sidecar``), the HTTP surface, and the expiry-flag arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from sidecar import names
+from sidecar.keys import run_keys
+from sidecar.server.embedded import EmbeddedServer
+from sidecar.server.runtime import Sidecar, SidecarStartError
+from sidecar.server.watcher import needs_expiry_flags, with_expiry_flags
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("", "Ex"), ("Ex", "Ex"), ("xE", "xE"), ("Kgl", "KglEx"), ("AKE", "AKE"), ("KA", "KAE"),
+     ("Ez", "Ezx"), ("Kx", "KxE")],
+)  # fmt: skip
+def test_expiry_flags_are_added_and_none_removed(before: str, after: str) -> None:
+    assert with_expiry_flags(before) == after
+    assert needs_expiry_flags(after) == ""
+
+
+async def wait_for(check: Callable[[], bool], seconds: float = 20.0) -> None:
+    """Poll ``check`` (a plain attribute read: nothing to await on) with a generous cap."""
+    async with asyncio.timeout(seconds):
+        while not check():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_in_process_sidecar_serves_and_counts(private_server: EmbeddedServer) -> None:
+    registry = CollectorRegistry()
+    async with (
+        Sidecar(private_server.url, key_prefix="inproc", port=0, registry=registry) as sc,
+        httpx.AsyncClient() as http,
+        aioredis.Redis.from_url(private_server.url) as client,
+    ):
+        assert sc.port != 0
+        ready = await http.get(sc.base_url + "/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {
+            "status": "ready", "redis": "up", "watcher": "subscribed", "expiry_events": "confirmed"
+        }  # fmt: skip
+        assert (await http.get(sc.base_url + "/healthz")).status_code == 200
+        assert (await http.get(sc.base_url + "/sections")).status_code == 404
+        assert (await http.post(sc.metrics_url)).status_code == 405
+
+        await client.set(run_keys("inproc", "u", "r").meta, b"x", px=1)
+        await client.set(run_keys("inproc", "u", "r").lease, b"x", px=1)
+        await client.set(run_keys("inproc", "u", "r").sections, b"x", px=1)
+        await wait_for(lambda: sc.expiries == 1 and sc.lease_expiries == 1)
+        assert registry.get_sample_value(names.TTL_EXPIRIES) == 1
+
+        text = await http.get(sc.metrics_url)
+        assert text.headers["content-type"].startswith("text/plain")
+        assert f"{names.TTL_EXPIRIES} 1.0" in text.text
+        om = await http.get(
+            sc.metrics_url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        assert om.headers["content-type"].startswith("application/openmetrics-text")
+        assert om.text.endswith("# EOF\n")
+        base_url = sc.base_url
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient() as http:
+            await http.get(base_url + "/healthz")
+
+
+async def test_unreachable_redis_raises_a_start_error() -> None:
+    sidecar = Sidecar("redis://127.0.0.1:1/0", port=0, connect_timeout=0.3)
+    with pytest.raises(SidecarStartError, match=r"not reachable after 0\.3 s"):
+        await sidecar.start()
+
+
+def test_cluster_urls_are_refused_for_now() -> None:
+    with pytest.raises(SidecarStartError, match="Cluster"):
+        Sidecar("redis+cluster://127.0.0.1:7000", port=0)
