@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client.utils import floatToGoString
-
 from sidecar import names
 
 # Labels that identify one scraped process; dropped so agents and the sidecar add up.
@@ -34,8 +32,12 @@ _FAILED_OUTCOMES = (names.ERROR, names.TIMEOUT)
 
 
 def le_label(budget_seconds: float) -> str:
-    """The ``le`` label value prometheus_client writes for the budget bucket edge."""
-    return floatToGoString(round(budget_seconds, 9))
+    """The ``le`` label value prometheus_client writes for the budget bucket edge.
+
+    prometheus_client formats edges with ``repr`` (``floatToGoString``) and the library rounds
+    the budget to 9 decimals (:func:`sidecar.names.latency_buckets`); a test checks both agree.
+    """
+    return repr(round(budget_seconds, 9))
 
 
 def regex(values: tuple[str, ...]) -> str:
@@ -75,10 +77,13 @@ class Queries:
         )
         return f"{without('operation', 'outcome')} (rate({count}[{window}]))"
 
+    def sli_good_ratio(self, window: str) -> str:
+        """Share of latency events within the budget in ``window``."""
+        return f"({self.good_rate(window)}) / ({self.events_rate(window)})"
+
     def sli_error_ratio(self, window: str) -> str:
         """Share of latency events over the budget (or timed out) in ``window``."""
-        events = self.events_rate(window)
-        return f"1 - ({self.good_rate(window)}) / ({events})"
+        return f"1 - {self.sli_good_ratio(window)}"
 
     # --- outcomes ---------------------------------------------------------------------------
     def failed_ratio(self, window: str) -> str:

@@ -126,3 +126,12 @@ def test_no_hard_coded_target_and_only_known_metrics() -> None:
 def test_rejects_nonsense_slo(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="slo"):
         generate_rules(tmp_path / "r.yml", slo=1.5)
+
+
+@pytest.mark.parametrize("budget_s", [0.1, 0.25, 1.0, 0.0333, 2.5, 0.05])
+def test_le_label_matches_prometheus_client(budget_s: float) -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    Histogram("h", "h", buckets=names.latency_buckets(budget_s), registry=registry).observe(0)
+    assert f'le="{le_label(budget_s)}"' in generate_latest(registry).decode()
