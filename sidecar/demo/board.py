@@ -69,6 +69,7 @@ class Board:
     completed: int = 0
     failed: int = 0
     abandoned: int = 0
+    abandoned_with_checkpoints: int = 0
     attempts: int = 0
     resumed_runs: int = 0
     crashes: int = 0
@@ -155,6 +156,7 @@ class Board:
             "completed": self.completed,
             "failed": self.failed,
             "abandoned": self.abandoned,
+            "abandoned_with_checkpoints": self.abandoned_with_checkpoints,
             "attempts": self.attempts,
             "resumed_runs": self.resumed_runs,
             "crashes_injected": self.crashes,
@@ -168,6 +170,10 @@ class Board:
             "timeouts": self.outcome_count(names.TIMEOUT),
             "skipped_by_breaker": self.outcome_count(names.SKIPPED),
             "breaker_openings": self.breaker_openings,
+            "degraded_attempts": sum(
+                self.outcome_count(o, "lease_acquire")
+                for o in (names.TIMEOUT, names.SKIPPED, names.ERROR)
+            ),
             "redis_pauses": self.pauses,
             "ttl_expiries_seen": self.expiries,
             "lease_expiries_seen": self.lease_expiries,

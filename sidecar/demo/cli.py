@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_RUNS = 40
-DEFAULT_CONCURRENCY = 10
+DEFAULT_CONCURRENCY = 8
 DEFAULT_SEED = 7
 DEFAULT_PORT = 9464
 
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_SEED})")  # fmt: skip
     parser.add_argument("--slow-redis", type=_seconds, nargs="?", const=1.5, default=None,
                         metavar="SECONDS",
-                        help="pause the embedded server this long (default 1.5 s) a third of the "
+                        help="pause the embedded server this long (default 1.5 s) a quarter of the "
                         "way in: budget timeouts, then the circuit breaker")  # fmt: skip
     parser.add_argument("--keep-serving", action="store_true",
                         help="keep /metrics up after the summary until Ctrl-C")  # fmt: skip

@@ -56,17 +56,16 @@ def live_view(board: Board, header: str) -> RenderableType:
 
 
 def latency_table(board: Board) -> Table:
-    table = Table(title=f"Checkpoint latency per operation (budget {board.budget_ms:g} ms)")
-    for column in ("operation", "calls", "p50 ms", "p99 ms", "max ms", "over budget"):
-        table.add_column(column, justify="left" if column == "operation" else "right")
-    table.add_column("timeouts / skipped / errors", justify="right")
+    table = Table(title=f"Checkpoint latency in ms per operation (budget {board.budget_ms:g} ms)")
+    table.add_column("operation", no_wrap=True)
+    for column in ("calls", "p50", "p99", "max", "breach", "timeout/skip"):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in board.latency_rows():
-        p99 = _ms(row["p99_ms"])
         style = "red" if row["p99_ms"] > board.budget_ms else "green"
         table.add_row(
-            row["operation"], str(row["calls"]), _ms(row["p50_ms"]), f"[{style}]{p99}[/]",
-            _ms(row["max_ms"]), str(row["over_budget"]),
-            f"{row['timeouts']} / {row['skipped']} / {row['errors']}",
+            row["operation"], str(row["calls"]), _ms(row["p50_ms"]),
+            f"[{style}]{_ms(row['p99_ms'])}[/]", _ms(row["max_ms"]), str(row["over_budget"]),
+            f"{row['timeouts']}/{row['skipped']}",
         )  # fmt: skip
     return table
 
@@ -91,12 +90,14 @@ def summary_table(board: Board) -> Table:
          f"checkpoint calls over {s['budget_ms']:g} ms ({s['timeouts']} timed out, "
          f"{s['skipped_by_breaker']} skipped by the open breaker)"),
         ("TTL expiries seen", str(s["ttl_expiries_seen"]),
-         f"by the sidecar's watcher (abandoned runs: {s['abandoned']})"),
+         f"by the sidecar's watcher ({s['abandoned']} runs abandoned, "
+         f"{s['abandoned_with_checkpoints']} of them with checkpoints)"),
     ]  # fmt: skip
     if s["redis_pauses"]:
         rows.append(
-            ("Redis pauses", str(s["redis_pauses"]),
-             f"circuit breaker opened {s['breaker_openings']} time(s)")
+            ("Redis paused", f"{s['redis_pauses']}×",
+             f"breaker opened {s['breaker_openings']}×; {s['degraded_attempts']} attempts ran "
+             "without checkpoints instead of waiting for Redis")
         )  # fmt: skip
     for row in rows:
         table.add_row(*row)

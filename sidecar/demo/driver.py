@@ -132,7 +132,7 @@ class Demo:
         return CheckpointConfig(
             redis_url=self.url, key_prefix=KEY_PREFIX, ttl_seconds=ttl_seconds,
             budget_ms=self.opts.budget_ms, strict=False, breaker_failures=5,
-            breaker_cooldown_s=1.0, refresh_ttl_on_read=False, lease_ttl_seconds=30,
+            breaker_cooldown_s=0.5, refresh_ttl_on_read=False, lease_ttl_seconds=30,
         )  # fmt: skip
 
     def checkpointer(self, ttl_seconds: int) -> Checkpointer:
@@ -266,6 +266,8 @@ class Demo:
             if not plan.retried:
                 board.abandoned += 1
                 self._last_abandon = time.monotonic()
+                if await agent.checkpointer.manager(context).has_checkpoints():
+                    board.abandoned_with_checkpoints += 1
                 await self._say(plan.label, "abandoned: nobody retries; its checkpoints expire")
                 return
             if attempt >= MAX_ATTEMPTS:
@@ -276,7 +278,7 @@ class Demo:
     async def _say(self, label: str, message: str) -> None:
         line = self.board.think(label, message)
         if not self.live:
-            self.console.print(line, highlight=False, markup=False)
+            self.console.print(f"{self.board.elapsed:6.2f}s {line}", highlight=False, markup=False)
 
     # --- helpers running beside the runs ----------------------------------------------------
 
@@ -287,8 +289,10 @@ class Demo:
             board.expiries = sidecar.expiries
             board.lease_expiries = sidecar.lease_expiries
             is_open = board.circuit_open()
-            if is_open and not was_open:
-                board.breaker_openings += 1
+            if is_open != was_open:
+                board.breaker_openings += is_open
+                state = "open: checkpoint calls skipped" if is_open else "closed: Redis answers"
+                await self._say("breaker", f"circuit {state}")
             was_open = is_open
             await asyncio.sleep(0.05)
 
@@ -297,7 +301,7 @@ class Demo:
         if self.server is None:
             self.console.print("[yellow]--slow-redis needs the embedded server: skipped[/]")
             return
-        await until(lambda: board.done >= max(1, board.total_runs // 3), within=3600)
+        await until(lambda: board.done >= max(1, board.total_runs // 4), within=3600)
         board.phase = f"Redis paused for {seconds:g} s"
         await self._say("redis", f"pausing the server (SIGSTOP) for {seconds:g} s")
         self.server.pause()
@@ -313,11 +317,12 @@ class Demo:
 
     async def _wait_for_expiries(self, sidecar: Sidecar) -> None:
         board = self.board
-        if not board.abandoned:
+        expected = board.abandoned_with_checkpoints
+        if not expected:
             return
-        board.phase = f"waiting for {board.abandoned} abandoned runs to expire"
+        board.phase = f"waiting for {expected} abandoned runs to expire"
         deadline = self._last_abandon + self.opts.abandon_ttl_s + 4.0
-        await until(lambda: sidecar.expiries >= board.abandoned, deadline - time.monotonic())
+        await until(lambda: sidecar.expiries >= expected, deadline - time.monotonic())
         board.expiries = sidecar.expiries
         board.lease_expiries = sidecar.lease_expiries
 
@@ -334,9 +339,26 @@ class Demo:
                 loop.remove_signal_handler(sig)
 
 
+class Quieter(logging.Filter):
+    """Lets one record of each message template through per ``interval`` seconds."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[object, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(record.msg, -1e9) < self.interval:
+            return False
+        self._last[record.msg] = now
+        return True
+
+
 def configure_logging(console: Console) -> None:
-    """Library warnings (degraded, breaker open) appear above the live display."""
+    """Library warnings (degraded, breaker open) appear above the live display, deduplicated."""
     handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler.addFilter(Quieter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
