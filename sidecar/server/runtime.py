@@ -91,9 +91,14 @@ class Sidecar:
         self.watcher = ExpiryWatcher(
             config.redis_url, config.key_prefix, health_interval=health_interval
         )
-        self.registry = build_registry(
-            self.watcher.state, multiproc_dir=multiproc_dir, registry=registry
-        )
+        try:
+            self.registry = build_registry(
+                self.watcher.state, multiproc_dir=multiproc_dir, registry=registry
+            )
+        except OSError as exc:
+            raise SidecarStartError(
+                f"multiprocess directory {multiproc_dir}: {exc.strerror or exc}"
+            ) from None
         self.multiproc_dir = multiproc_dir
         self._requested_port = port
         self._socket: socket.socket | None = None

@@ -148,3 +148,17 @@ def test_embedded_when_no_url_is_configured(sidecar_factory: Factory) -> None:
     sc = sidecar_factory("serve", "--port", "0").wait_serving()
     assert "embedded Valkey at redis://127.0.0.1:" in sc.stdout
     assert sc.signal(signal.SIGTERM) == 0
+
+
+def test_unusable_multiproc_dir_is_one_line(private_server: EmbeddedServer, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, _, err = run_cli(
+        *serve_args(private_server.url, "mpd", "--multiproc-dir", str(blocker / "sub")),
+        tmp_path=tmp_path,
+    )
+    assert code == 1
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        "checkpoint-sidecar serve: error: multiprocess directory"
+    )

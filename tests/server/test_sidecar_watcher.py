@@ -146,3 +146,40 @@ def test_subscribe_refused_fails_at_start_with_one_line(
     assert "__keyevent@*__:expired" in errors[0]
     assert "Traceback" not in sc.stderr
     assert "pw-nosub" not in sc.stderr
+
+
+# The least a dedicated sidecar user needs (docs/sidecar.md shows this exact rule).
+SIDECAR_ACL = (
+    "on >pw-side resetkeys resetchannels &__keyevent@*__:expired -@all +ping +hello "
+    "+client|setname +client|setinfo +subscribe +unsubscribe +config|get +config|set"
+)
+
+
+def test_the_documented_least_privilege_acl_is_enough(
+    private_server: EmbeddedServer, client: redis.Redis, sidecar_factory: Factory
+) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "sidecar.md").read_text()
+    assert SIDECAR_ACL.replace(">pw-side", ">CHANGE-ME") in doc
+    client.execute_command("ACL", "SETUSER", "checkpoint-sidecar", *SIDECAR_ACL.split())
+    client.config_set("notify-keyspace-events", "")
+    url = f"redis://checkpoint-sidecar:pw-side@127.0.0.1:{private_server.port}/0"
+    sc = sidecar_factory(*serve_args(url, "least")).wait_serving()
+    assert sc.readyz() == (
+        200,
+        {"status": "ready", "redis": "up", "watcher": "subscribed", "expiry_events": "confirmed"},
+    )
+    expire_marker(client, "least", "m")
+    wait_until(lambda: sc.metric(names.TTL_EXPIRIES) == 1, "an expiry seen by the ACL user")
+
+
+def test_a_frozen_server_is_noticed_and_recovered(
+    private_server: EmbeddedServer, sidecar_factory: Factory
+) -> None:
+    sc = sidecar_factory(*serve_args(private_server.url, "frozen")).wait_serving()
+    private_server.pause()  # SIGSTOP: the socket stays open, nothing answers
+    try:
+        wait_until(lambda: sc.readyz()[0] == 503, "/readyz to notice the silent server")
+    finally:
+        private_server.resume()
+    wait_until(lambda: sc.readyz()[0] == 200, "/readyz to recover")
+    assert sc.metric(names.WATCHER_UP) == 1
