@@ -19,28 +19,28 @@ from sidecar.ops.rules import generate_rules as _generate_rules
 
 
 def generate_dashboards(
-    out_dir: pathlib.Path, *, budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
+    out_dir: pathlib.Path | str, *, budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
 ) -> list[pathlib.Path]:
     """Write every dashboard as ``<out_dir>/<name>.json``; return the paths written."""
     from sidecar.ops.dashboards import generate_dashboards as _generate
 
-    return _generate(out_dir, budget_ms=budget_ms, slo=slo)
+    return _generate(pathlib.Path(out_dir), budget_ms=budget_ms, slo=slo)
 
 
 def generate_rules(
-    out_path: pathlib.Path, *, budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
+    out_path: pathlib.Path | str, *, budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
 ) -> pathlib.Path:
     """Write the Prometheus rule file (recording rules and alerts) to ``out_path``."""
-    return _generate_rules(out_path, budget_ms=budget_ms, slo=slo)
+    return _generate_rules(pathlib.Path(out_path), budget_ms=budget_ms, slo=slo)
 
 
 def render_overview_png(
-    prometheus_url: str, out_path: pathlib.Path, *, window_s: int = 900
+    prometheus_url: str, out_path: pathlib.Path | str, *, window_s: int = 900
 ) -> pathlib.Path:
     """Draw the overview dashboard's main panels from a live Prometheus into a PNG."""
     from sidecar.ops.render import render_overview_png as _render
 
-    return _render(prometheus_url, out_path, window_s=window_s)
+    return _render(prometheus_url, pathlib.Path(out_path), window_s=window_s)
 
 
 __all__ = ["generate_dashboards", "generate_rules", "render_overview_png"]

@@ -142,3 +142,33 @@ def test_other_budget(budget_ms: float, edge: str, validator: jsonschema.Draft7V
     assert f'le=\\"{edge}\\"' in text
     assert 'le=\\"0.1\\"' not in text
     assert "99.5%" in text
+
+
+def test_module_command_regenerates_everything(repo: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """``python -m sidecar.ops --out-dir DIR`` (the documented command) writes both artefacts."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar.ops", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=repo,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for rel in ("dashboards/checkpoint-overview.json", "dashboards/checkpoint-sidecar-health.json",
+                "alerts/checkpoint-rules.yml"):  # fmt: skip
+        assert (tmp_path / rel).read_text(encoding="utf-8") == (repo / rel).read_text(
+            encoding="utf-8"
+        )
+    bad = subprocess.run(
+        [sys.executable, "-m", "sidecar.ops", "--out-dir", str(tmp_path), "--slo", "2"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=repo,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "--slo" in bad.stderr
+
+
+def test_accepts_string_paths(tmp_path: pathlib.Path) -> None:
+    from sidecar.ops import generate_rules
+
+    assert len(generate_dashboards(str(tmp_path / "d"))) == 2
+    assert generate_rules(str(tmp_path / "r.yml")).exists()
