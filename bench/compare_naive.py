@@ -5,6 +5,7 @@
 1. Latency of save_section, has_checkpoints, load_all_sections (4 × 2 KB) and cleanup, with
    0, 100k and 1M unrelated keys in the server (``DEBUG POPULATE``). The naive design finds a
    run's keys with ``KEYS pattern``, which walks the whole keyspace.
+   Runs of the two designs alternate, one after the other, never at the same time.
 2. The tail latency another client sees (a separate process sending GET every 1 ms) while
    each design serves its calls: ``KEYS`` blocks the single-threaded server for everyone.
 3. Lost progress entries: 8 concurrent savers (8 workers, 8 manager objects) on one run, each
@@ -82,12 +83,21 @@ async def one_run(make: Factory, run_id: str, samples: dict[str, list[float]]) -
     assert await timed(samples["cleanup"], mgr.cleanup())
 
 
-async def latencies(make: Factory, runs: int, tag: str) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {op: [] for op in OPS}
-    for i in range(3):  # warm-up: connections, scripts
-        await one_run(make, f"warm-{tag}-{i}", {op: [] for op in OPS})
-    for i in range(runs):
-        await one_run(make, f"{tag}-{i}", samples)
+async def latencies(
+    designs: dict[str, Factory], runs: dict[str, int], tag: str
+) -> dict[str, dict[str, list[float]]]:
+    """Runs of each design, interleaved (a design with fewer runs is spread evenly), so that
+    drift in the machine hits both designs alike."""
+    samples = {design: {op: [] for op in OPS} for design in designs}
+    for design, make in designs.items():  # warm-up: connections, scripts
+        for i in range(3):
+            await one_run(make, f"warm-{design}-{tag}-{i}", {op: [] for op in OPS})
+    most = max(runs.values())
+    for i in range(most):
+        for design, make in designs.items():
+            every = most // runs[design]
+            if i % every == 0 and i // every < runs[design]:
+                await one_run(make, f"{design}-{tag}-{i}", samples[design])
     return samples
 
 
@@ -204,11 +214,11 @@ async def compare(
             keys = await admin.dbsize()
             console.print(f"[dim]{keys:,} unrelated keys in the server[/]")
             at_size: dict[str, Any] = {"keys": keys}
-            for design, make in designs.items():
-                n = runs // 3 if design == "naive" and size >= BIG else runs
-                samples = await latencies(make, n, f"{design}-{size}")
-                at_size[design] = {op: stats_ms(samples[op]) for op in OPS}
-                at_size[design]["runs"] = n
+            counts = {d: runs // 3 if d == "naive" and size >= BIG else runs for d in designs}
+            samples = await latencies(designs, counts, str(size))
+            for design in designs:
+                at_size[design] = {op: stats_ms(samples[design][op]) for op in OPS}
+                at_size[design]["runs"] = counts[design]
             at_size["tail"] = {"idle": await tail_seen(pool, url, None, observe_s, "idle")}
             for design, make in designs.items():
                 at_size["tail"][design] = await tail_seen(
