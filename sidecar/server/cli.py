@@ -71,6 +71,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _ratio(text: str) -> float:
+    value = _positive(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, e.g. 0.99; got {text}")
+    return value
+
+
 def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "serve",
@@ -161,7 +168,7 @@ def _add_dashboards(sub: argparse._SubParsersAction[Parser]) -> None:
         "--budget-ms", type=_positive, default=100.0, help="overhead budget in ms (default 100)"
     )
     p.add_argument(
-        "--slo", type=_positive, default=0.99, help="share of calls within budget (default 0.99)"
+        "--slo", type=_ratio, default=0.99, help="share of calls within budget (default 0.99)"
     )
     p.add_argument("--render", metavar="PNG", help="also render the overview panel to PNG")
     p.add_argument(
@@ -184,7 +191,7 @@ def _add_alerts(sub: argparse._SubParsersAction[Parser]) -> None:
         "--budget-ms", type=_positive, default=100.0, help="overhead budget in ms (default 100)"
     )
     p.add_argument(
-        "--slo", type=_positive, default=0.99, help="share of calls within budget (default 0.99)"
+        "--slo", type=_ratio, default=0.99, help="share of calls within budget (default 0.99)"
     )
     p.set_defaults(handler=_run_alerts, parser=p)
 
@@ -264,7 +271,10 @@ def _run_dashboards(args: argparse.Namespace) -> int:
             render = _ops("dashboards", "render_overview_png")
             if render is None:
                 return USAGE_ERROR
-            render(args.prometheus_url, args.render)
+            try:
+                render(args.prometheus_url, args.render)
+            except OSError as exc:
+                return _fail("dashboards", f"cannot render from {args.prometheus_url}: {exc}")
     except (OSError, ValueError, ImportError) as exc:
         return _fail("dashboards", str(exc))
     print(

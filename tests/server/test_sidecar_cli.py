@@ -162,3 +162,17 @@ def test_unusable_multiproc_dir_is_one_line(private_server: EmbeddedServer, tmp_
     assert err.splitlines()[-1].startswith(
         "checkpoint-sidecar serve: error: multiprocess directory"
     )
+
+
+def test_dashboards_and_alerts_are_generated(tmp_path: Path) -> None:
+    code, out, err = run_cli("dashboards", "--out", str(tmp_path / "dash"), tmp_path=tmp_path)
+    assert "dashboards written" in out
+    assert code == 0, err
+    assert sorted(p.suffix for p in (tmp_path / "dash").iterdir()) == [".json", ".json"]
+    rules = tmp_path / "rules.yml"
+    code, _, err = run_cli("alerts", "--out", str(rules), "--budget-ms", "50", tmp_path=tmp_path)
+    assert code == 0, err
+    assert "groups:" in rules.read_text()
+    code, _, err = run_cli("alerts", "--slo", "1.5", tmp_path=tmp_path)
+    assert code == 2
+    assert "--slo" in err.splitlines()[-1]
