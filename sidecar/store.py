@@ -8,6 +8,7 @@ is answered with EVAL of the source: one more command, once per server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
@@ -40,10 +41,15 @@ def mapped_errors(operation: str) -> Iterator[None]:
             f"{operation}: Redis unreachable ({type(exc).__name__})"
         ) from exc
     except rexc.ResponseError as exc:
-        code = str(exc).split(" ", 1)[0] or type(exc).__name__
+        # redis-py strips the error code (MOVED, OOM, NOPERM...) from the text: take it back
+        code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0] or type(exc).__name__
         raise CheckpointUnavailable(f"{operation}: Redis refused the command ({code})") from exc
     except rexc.RedisError as exc:
         raise CheckpointUnavailable(f"{operation}: Redis error ({type(exc).__name__})") from exc
+    except rexc.RedisClusterException as exc:  # no node reachable, slot not covered: not RedisError
+        raise CheckpointUnavailable(
+            f"{operation}: Redis Cluster unavailable ({type(exc).__name__})"
+        ) from exc
 
 
 def build_client(url: str, *, cluster: bool = False) -> RedisClient:
@@ -58,11 +64,13 @@ def build_client(url: str, *, cluster: bool = False) -> RedisClient:
 
 
 def server_address(client: RedisClient) -> tuple[str, int]:
-    """Host and port for span attributes (the first startup node of a cluster)."""
+    """Host and port for span attributes (the default node of a cluster: before the client
+    has discovered the topology, the first startup node of its URL)."""
     if isinstance(client, RedisCluster):
         node = client.get_default_node()
-        if node is None and client.get_nodes():
-            node = client.get_nodes()[0]
+        if node is None:
+            known = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
+            node = known[0] if known else None
         return (str(node.host), int(node.port)) if node is not None else ("unknown", 0)
     kwargs = client.connection_pool.connection_kwargs
     return str(kwargs.get("host", kwargs.get("path", "localhost"))), int(kwargs.get("port", 0))
@@ -73,9 +81,28 @@ class Store:
 
     def __init__(self, client: RedisClient) -> None:
         self.client = client
+        self._discover = isinstance(client, RedisCluster)
+        self._discovery = asyncio.Lock()
+
+    async def _ready(self) -> None:
+        """Discover a cluster's topology once, before its first command.
+
+        redis-py lets every concurrent first command of a fresh ``RedisCluster`` start the
+        discovery, and those racing discoveries close connections other commands are using
+        (64 concurrent first saves: several fail with ConnectionError or AttributeError). One
+        discovery, awaited by all, avoids it; later re-discoveries (after a failover) are
+        redis-py's own.
+        """
+        if self._discover:
+            async with self._discovery:
+                if self._discover:
+                    assert isinstance(self.client, RedisCluster)
+                    await self.client.initialize()
+                    self._discover = False
 
     async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         with mapped_errors(script.name):
+            await self._ready()
             try:
                 return await self.client.evalsha(script.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
@@ -83,23 +110,28 @@ class Store:
 
     async def hget(self, operation: str, key: str, field: str) -> Any:
         with mapped_errors(operation):
+            await self._ready()
             return await self.client.hget(key, field)
 
     async def hgetall(self, operation: str, key: str) -> dict[Any, Any]:
         with mapped_errors(operation):
+            await self._ready()
             result: dict[Any, Any] = await self.client.hgetall(key)
             return result
 
     async def exists(self, operation: str, key: str) -> bool:
         with mapped_errors(operation):
+            await self._ready()
             return bool(await self.client.exists(key))
 
     async def unlink(self, operation: str, *keys: str) -> int:
         with mapped_errors(operation):
+            await self._ready()
             return int(await self.client.unlink(*keys))
 
     async def ping(self) -> bool:
         with mapped_errors("ping"):
+            await self._ready()
             return bool(await self.client.ping())
 
     async def aclose(self) -> None:

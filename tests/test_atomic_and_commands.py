@@ -65,6 +65,9 @@ async def monitored(redis_url: str) -> AsyncIterator[list[str]]:
     await monitor_client.aclose()
 
 
+@pytest.mark.standalone_only(
+    "MONITOR of one server; tests/cluster/test_cluster_verbs.py counts on every cluster node"
+)
 @pytest.mark.parametrize("refresh", [False, True])
 async def test_each_verb_costs_exactly_one_command(
     redis_url: str, redis_client: aioredis.Redis, refresh: bool

@@ -87,6 +87,9 @@ def test_invalid_identifiers_and_prefixes() -> None:
         CheckpointConfig(key_prefix="bad:prefix")
 
 
+@pytest.mark.standalone_only(
+    "builds a standalone client from redis_url; cluster twin in tests/cluster/test_cluster_verbs.py"
+)
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -193,6 +193,9 @@ async def test_users_and_runs_are_isolated(cp: Checkpointer) -> None:
     assert await a.load_section("summary") == "alice"
 
 
+@pytest.mark.standalone_only(
+    "builds a standalone client from redis_url; cluster twin in tests/cluster/test_cluster_verbs.py"
+)
 async def test_client_with_decoded_responses_works(redis_url: str, registry: object) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     await client.flushall()
