@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -37,6 +38,7 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     multiproc_dir = _multiproc_dir(args.multiproc_dir)
     try:
+        _check_extra()
         config = _config(args)
         with _redis(args, config) as redis_url:
             _configure_tracing()
@@ -45,6 +47,14 @@ def serve(args: argparse.Namespace) -> int:
         sys.stderr.write(_USAGE)
         sys.stderr.write(f"checkpoint-sidecar serve: error: {exc}\n")
         return 1
+
+
+def _check_extra() -> None:
+    missing = [name for name in ("uvicorn",) if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ServeError(
+            f"{', '.join(missing)} is not installed: pip install 'checkpoint-sidecar[server]'"
+        )
 
 
 def _multiproc_dir(flag: str | None) -> str | None:

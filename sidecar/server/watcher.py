@@ -189,7 +189,7 @@ class ExpiryWatcher:
         if isinstance(exc, ResponseError):  # connected, but a command was refused (ACL)
             self.state.refused = error
         # Warn when it was up, at the first failure, and when the reason changes; else debug.
-        fresh = self.state.subscribed or failures == 0 or error != self._last_logged
+        fresh = failures == 0 or error != self._last_logged
         self._last_logged = error
         level = logging.WARNING if fresh else logging.DEBUG
         log.log(
