@@ -141,9 +141,14 @@ class SidecarProcess:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
+        """SIGTERM first (so an embedded server is stopped too), SIGKILL if that hangs."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def serve_args(redis_url: str, prefix: str, *extra: str) -> list[str]:
