@@ -141,7 +141,7 @@ def expiry_burst(sc: SidecarProc, client: redis.Redis, runs: int) -> dict[str, f
         "runs": runs,
         "seconds_to_count_all": round(elapsed, 3),
         "expiries_per_s": round(counted / elapsed) if elapsed > 0 else 0.0,
-        "missed": runs - counted,
+        "missed": int(runs - counted),
     }
 
 
@@ -163,7 +163,7 @@ def watcher_capacity(sc: SidecarProc, client: redis.Redis, events: int) -> dict[
         "publish_seconds": round(sent, 3),
         "seconds_to_count_all": round(elapsed, 3),
         "events_per_s": round((value - start_count) / elapsed),
-        "missed": events - (value - start_count),
+        "missed": int(events - (value - start_count)),
     }
 
 
