@@ -38,9 +38,10 @@ def section_content(name: str, size: int = 2048) -> dict[str, Any]:
 
 
 def bench_server(*, debug: bool = False) -> EmbeddedServer:
-    """A private valkey-server (never the machine's Redis); ``debug`` allows DEBUG POPULATE."""
+    """A private valkey-server (never the machine's Redis), started by ``with``; ``debug``
+    allows DEBUG POPULATE."""
     extra = ("--enable-debug-command", "yes") if debug else ()
-    return EmbeddedServer(extra_args=extra).start()
+    return EmbeddedServer(extra_args=extra)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
