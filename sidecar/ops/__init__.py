@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pathlib
 
-from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO
+from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO, RUNBOOK_URL
 from sidecar.ops.rules import generate_rules as _generate_rules
 
 
@@ -28,10 +28,19 @@ def generate_dashboards(
 
 
 def generate_rules(
-    out_path: pathlib.Path | str, *, budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
+    out_path: pathlib.Path | str,
+    *,
+    budget_ms: float = DEFAULT_BUDGET_MS,
+    slo: float = DEFAULT_SLO,
+    runbook_url: str = RUNBOOK_URL,
 ) -> pathlib.Path:
-    """Write the Prometheus rule file (recording rules and alerts) to ``out_path``."""
-    return _generate_rules(pathlib.Path(out_path), budget_ms=budget_ms, slo=slo)
+    """Write the Prometheus rule file (recording rules and alerts) to ``out_path``.
+
+    ``runbook_url`` is where operators read docs/runbooks.md (each alert links to its heading).
+    """
+    return _generate_rules(
+        pathlib.Path(out_path), budget_ms=budget_ms, slo=slo, runbook_url=runbook_url
+    )
 
 
 def render_overview_png(

@@ -1,7 +1,6 @@
 """``python -m sidecar.ops``: regenerate dashboards/*.json and alerts/checkpoint-rules.yml.
 
-The one documented command for a budget other than the default, until the
-``checkpoint-sidecar dashboards`` / ``alerts`` subcommands exist.
+Same as ``checkpoint-sidecar dashboards --out dashboards/`` plus ``checkpoint-sidecar alerts``.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import pathlib
 import sys
 
 from sidecar.ops import generate_dashboards, generate_rules
-from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO
+from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO, RUNBOOK_URL
 
 RULES_PATH = pathlib.Path("alerts") / "checkpoint-rules.yml"
 DASHBOARDS_DIR = pathlib.Path("dashboards")
@@ -40,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_SLO,
         help=f"share of operations within budget (default {DEFAULT_SLO})",
     )
+    parser.add_argument(
+        "--runbook-url",
+        default=RUNBOOK_URL,
+        help=f"where operators read the runbooks (default {RUNBOOK_URL!r}, this repository's)",
+    )
     args = parser.parse_args(argv)
     if args.budget_ms <= 0 or not 0 < args.slo < 1:
         parser.exit(2, "error: --budget-ms must be > 0 and --slo between 0 and 1\n")
@@ -47,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir / DASHBOARDS_DIR, budget_ms=args.budget_ms, slo=args.slo
     )
     written.append(
-        generate_rules(args.out_dir / RULES_PATH, budget_ms=args.budget_ms, slo=args.slo)
+        generate_rules(
+            args.out_dir / RULES_PATH,
+            budget_ms=args.budget_ms,
+            slo=args.slo,
+            runbook_url=args.runbook_url,
+        )
     )
     for path in written:
         print(path)

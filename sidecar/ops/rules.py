@@ -20,7 +20,9 @@ from sidecar.ops.promql import Queries
 
 DEFAULT_BUDGET_MS = CheckpointConfig.model_fields["budget_ms"].default
 DEFAULT_SLO = 0.99
-RUNBOOK_URL = "https://github.com/checkpoint-sidecar/checkpoint-sidecar/blob/main/docs/runbooks.md"
+# Where the runbooks live. The default is the file's path in this repository; operators who host
+# the repository (or a copy of the runbooks) pass their URL: --runbook-url https://.../runbooks.md
+RUNBOOK_URL = "docs/runbooks.md"
 SLI_WINDOWS = ("5m", "30m", "1h", "6h", "3d")
 SIDECAR_METRIC_PREFIX = names.REDIS_UP.split("_", 1)[0] + "_"  # "sidecar_"
 
@@ -66,7 +68,7 @@ class Alert:
             return rendered[0]
         return f" {self.joiner} ".join(f"({r})" for r in rendered)
 
-    def rule(self) -> dict[str, Any]:
+    def rule(self, runbook_url: str = RUNBOOK_URL) -> dict[str, Any]:
         return {
             "alert": self.name,
             "expr": self.expr(),
@@ -75,7 +77,7 @@ class Alert:
             "annotations": {
                 "summary": self.summary,
                 "description": self.description,
-                "runbook_url": f"{RUNBOOK_URL}#{self.name.lower()}",
+                "runbook_url": f"{runbook_url}#{self.name.lower()}",
             },
         }
 
@@ -225,7 +227,7 @@ def alerts(budget_ms: float, slo: float) -> list[Alert]:
 
 
 def rules_document(
-    budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
+    budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO, runbook_url: str = RUNBOOK_URL
 ) -> dict[str, Any]:
     """The rule file as a mapping (what ``generate_rules`` writes as YAML)."""
     if not 0 < slo < 1:
@@ -242,7 +244,7 @@ def rules_document(
             },
             {
                 "name": "checkpoint-alerts",
-                "rules": [a.rule() for a in alerts(budget_ms, slo)],
+                "rules": [a.rule(runbook_url) for a in alerts(budget_ms, slo)],
             },
         ]
     }
@@ -256,12 +258,16 @@ _HEADER = """\
 
 
 def generate_rules(
-    out_path: pathlib.Path, *, budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
+    out_path: pathlib.Path,
+    *,
+    budget_ms: float = DEFAULT_BUDGET_MS,
+    slo: float = DEFAULT_SLO,
+    runbook_url: str = RUNBOOK_URL,
 ) -> pathlib.Path:
     """Write the rule file for ``budget_ms`` / ``slo`` to ``out_path`` and return the path."""
     import yaml
 
-    document = rules_document(budget_ms, slo)
+    document = rules_document(budget_ms, slo, runbook_url)
     header = _HEADER.format(budget_ms=_fmt(budget_ms), slo_pct=_fmt(slo * 100))
     body = yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)

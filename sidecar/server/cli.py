@@ -157,6 +157,24 @@ def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
     p.set_defaults(handler=_run_serve, parser=p)
 
 
+def _add_budget_and_slo(p: argparse.ArgumentParser) -> None:
+    """--budget-ms and --slo, defaulting to the library's own (one source of truth)."""
+    from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO
+
+    p.add_argument(
+        "--budget-ms",
+        type=_positive,
+        default=DEFAULT_BUDGET_MS,
+        help=f"overhead budget in ms; a histogram bucket edge (default {DEFAULT_BUDGET_MS:g})",
+    )
+    p.add_argument(
+        "--slo",
+        type=_ratio,
+        default=DEFAULT_SLO,
+        help=f"share of calls within budget (default {DEFAULT_SLO})",
+    )
+
+
 def _add_dashboards(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "dashboards",
@@ -164,12 +182,7 @@ def _add_dashboards(sub: argparse._SubParsersAction[Parser]) -> None:
         description="Generate the Grafana dashboards from the metric names in sidecar.names.",
     )
     p.add_argument("--out", metavar="DIR", default="dashboards", help="output directory")
-    p.add_argument(
-        "--budget-ms", type=_positive, default=100.0, help="overhead budget in ms (default 100)"
-    )
-    p.add_argument(
-        "--slo", type=_ratio, default=0.99, help="share of calls within budget (default 0.99)"
-    )
+    _add_budget_and_slo(p)
     p.add_argument("--render", metavar="PNG", help="also render the overview panel to PNG")
     p.add_argument(
         "--prometheus-url",
@@ -187,11 +200,12 @@ def _add_alerts(sub: argparse._SubParsersAction[Parser]) -> None:
         description="Generate the Prometheus rules from the metric names in sidecar.names.",
     )
     p.add_argument("--out", metavar="FILE", default="alerts/checkpoint-rules.yml", help="output")
+    _add_budget_and_slo(p)
     p.add_argument(
-        "--budget-ms", type=_positive, default=100.0, help="overhead budget in ms (default 100)"
-    )
-    p.add_argument(
-        "--slo", type=_ratio, default=0.99, help="share of calls within budget (default 0.99)"
+        "--runbook-url",
+        metavar="URL",
+        default="docs/runbooks.md",
+        help="where your operators read docs/runbooks.md; each alert links to its heading",
     )
     p.set_defaults(handler=_run_alerts, parser=p)
 
@@ -289,7 +303,7 @@ def _run_alerts(args: argparse.Namespace) -> int:
     if generate is None:
         return USAGE_ERROR
     try:
-        generate(args.out, budget_ms=args.budget_ms, slo=args.slo)
+        generate(args.out, budget_ms=args.budget_ms, slo=args.slo, runbook_url=args.runbook_url)
     except (OSError, ValueError, ImportError) as exc:
         return _fail("alerts", str(exc))
     print(f"rules written to {args.out}")
