@@ -32,14 +32,14 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probing = False
 
-    def allow(self) -> bool:
-        """True when a call may go to Redis; False means short-circuit it."""
+    def allow(self) -> bool | None:
+        """Whether a call may go to Redis: True (closed), None (yes, as the probe), False (skip)."""
         if not self.is_open:
             return True
         if self._probing or self._clock() - self._opened_at < self.cooldown_s:
             return False
         self._probing = True
-        return True
+        return None
 
     def success(self) -> None:
         self.consecutive_failures = 0
@@ -48,12 +48,17 @@ class CircuitBreaker:
             self.is_open = False
             self._notify(False)
 
-    def failure(self) -> None:
+    def failure(self, probe: bool = False) -> None:
+        """Count a failure. ``probe`` says the call was the one let through while open.
+
+        Only a failed probe restarts the cooldown: calls that were already in flight when the
+        circuit opened fail late, and must not keep it open past the cooldown.
+        """
         self.consecutive_failures += 1
         if self.is_open:
-            # a failed probe: stay open for another cooldown
-            self._probing = False
-            self._opened_at = self._clock()
+            if probe:
+                self._probing = False
+                self._opened_at = self._clock()
         elif self.consecutive_failures >= self.threshold:
             self.is_open = True
             self._opened_at = self._clock()

@@ -123,6 +123,9 @@ class Checkpointer:
         """Wait briefly for pending async listeners, then close an owned client."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=1.0)
+        if self.breaker.is_open:  # a closed Checkpointer no longer holds the gauge up
+            self.breaker.is_open = False
+            self.telemetry.circuit_changed(False)
         if self._close_client:
             await self.store.aclose()
 
@@ -158,7 +161,8 @@ class Checkpointer:
         span = tele.start_span(operation)
         if span.is_recording():
             tele.describe(span, operation, db_operation, section, ids)
-        if not self.breaker.allow():
+        allowed = self.breaker.allow()
+        if allowed is False:
             err = CheckpointUnavailable(f"{operation}: circuit open after repeated failures")
             tele.finish(span, operation, names.SKIPPED, 0.0, nbytes, None)
             return None, err
@@ -186,7 +190,8 @@ class Checkpointer:
             tele.finish(span, operation, names.REJECTED, time.perf_counter() - start, nbytes, exc)
             raise
         except BaseException:
-            self.breaker.abandon_probe()
+            if allowed is None:
+                self.breaker.abandon_probe()
             tele.finish(span, operation, names.ERROR, time.perf_counter() - start, nbytes, None)
             raise
         duration = time.perf_counter() - start
@@ -196,7 +201,7 @@ class Checkpointer:
             if measure is not None:
                 nbytes = measure(result)
         else:
-            self.breaker.failure()
+            self.breaker.failure(probe=allowed is None)
             self._log_outage(error)
         tele.finish(span, operation, outcome, duration, nbytes, error)
         return result, error
@@ -237,7 +242,7 @@ class Checkpointer:
             logger.warning("checkpointing degraded: %s", error)
 
     def _breaker_changed(self, is_open: bool) -> None:
-        self.telemetry.metrics.circuit_open.set(1 if is_open else 0)
+        self.telemetry.circuit_changed(is_open)
         if is_open:
             logger.warning(
                 "checkpoint circuit open: %d consecutive failures; calls skipped for %.1f s",

@@ -27,6 +27,17 @@ from sidecar import names
 _VERSION = "0.1.0"
 
 
+@dataclass(slots=True)
+class OpenCircuits:
+    """How many Checkpointers on one registry have their circuit open right now.
+
+    ``checkpoint_circuit_open`` is 1 while any of them is open: Checkpointers sharing a
+    registry must not overwrite each other's state.
+    """
+
+    count: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Metrics:
     """The library's metric objects on one registry."""
@@ -39,6 +50,7 @@ class Metrics:
     runs_finished: Counter
     sections: Counter
     circuit_open: Gauge
+    open_circuits: OpenCircuits
 
 
 _per_registry: weakref.WeakKeyDictionary[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()
@@ -107,6 +119,7 @@ def metrics_for(registry: CollectorRegistry | None, budget_seconds: float) -> Me
                 registry=reg,
                 multiprocess_mode="livemax",
             ),
+            open_circuits=OpenCircuits(),
         )
         _per_registry[reg] = made
         return made
@@ -126,7 +139,7 @@ class Instrumentation:
     ) -> None:
         self.metrics = metrics_for(registry, budget_seconds)
         self.metrics.budget_seconds.set(budget_seconds)
-        self.metrics.circuit_open.set(0)
+        self.metrics.circuit_open.set(1 if self.metrics.open_circuits.count else 0)
         self.tracer: Tracer = trace.get_tracer(
             names.TRACER_NAME, _VERSION, tracer_provider=tracer_provider
         )
@@ -136,6 +149,13 @@ class Instrumentation:
         self._durations: dict[tuple[str, str], Any] = {}
         self._exceeded: dict[str, Any] = {}
         self._bytes: dict[str, Any] = {}
+
+    def circuit_changed(self, is_open: bool) -> None:
+        """One breaker on this registry opened or closed; the gauge says whether any is open."""
+        with _lock:
+            circuits = self.metrics.open_circuits
+            circuits.count = max(0, circuits.count + (1 if is_open else -1))
+            self.metrics.circuit_open.set(1 if circuits.count else 0)
 
     def start_span(self, operation: str) -> Span:
         return self.tracer.start_span(names.SPAN_PREFIX + operation, kind=SpanKind.CLIENT)

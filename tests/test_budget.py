@@ -204,3 +204,50 @@ async def test_strict_mode_open_circuit_raises_unavailable(registry: CollectorRe
             await cp.manager(CTX).has_checkpoints()
         with pytest.raises(CheckpointUnavailable, match="circuit open"):
             await cp.manager(CTX).has_checkpoints()
+
+
+def test_breaker_in_flight_failures_do_not_extend_the_cooldown() -> None:
+    from sidecar.budget import CircuitBreaker
+
+    now = [0.0]
+    changes: list[bool] = []
+    breaker = CircuitBreaker(2, 1.0, changes.append, clock=lambda: now[0])
+    assert breaker.allow() is True
+    breaker.failure()
+    breaker.failure()
+    assert breaker.is_open
+    assert changes == [True]
+    now[0] = 0.9
+    breaker.failure()  # a call that was in flight when the circuit opened fails late
+    assert breaker.allow() is False
+    now[0] = 1.0
+    assert breaker.allow() is None  # cooldown counted from the opening: this is the probe
+    assert breaker.allow() is False  # only one probe at a time
+    breaker.failure(probe=True)  # the probe failed: another full cooldown
+    now[0] = 1.9
+    assert breaker.allow() is False
+    now[0] = 2.0
+    assert breaker.allow() is None
+    breaker.success()
+    assert not breaker.is_open
+    assert changes == [True, False]
+    assert breaker.allow() is True
+
+
+async def test_circuit_gauge_is_shared_by_checkpointers_on_one_registry(
+    registry: CollectorRegistry,
+) -> None:
+    from sidecar.server.embedded import free_port
+
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    cfg = CheckpointConfig(budget_ms=200, breaker_failures=1, breaker_cooldown_s=30)
+    broken = Checkpointer.from_url(down, config=cfg, registry=registry)
+    await broken.manager(CTX).has_checkpoints()
+    assert registry.get_sample_value("checkpoint_circuit_open") == 1
+    other = Checkpointer.from_url(down, config=cfg, registry=registry)  # must not reset it
+    assert registry.get_sample_value("checkpoint_circuit_open") == 1
+    await other.manager(CTX).has_checkpoints()
+    await broken.aclose()
+    assert registry.get_sample_value("checkpoint_circuit_open") == 1  # `other` is still open
+    await other.aclose()
+    assert registry.get_sample_value("checkpoint_circuit_open") == 0
