@@ -327,3 +327,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         return USAGE_ERROR
     code = run(args)
     return int(code) if code is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
