@@ -10,7 +10,7 @@ import pytest
 
 from sidecar.server.embedded import EmbeddedServer
 
-from .inject import Faulty
+from .inject import SUMMARIES, Faulty
 
 ServerFactory = Callable[..., Faulty]
 
@@ -37,3 +37,11 @@ def faulty_server(server_binary: str, tmp_path: Path) -> Iterator[ServerFactory]
     yield start
     for server in started:
         server.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault-suite figures (soak summary) whether or not output is captured."""
+    if SUMMARIES:
+        terminalreporter.section("fault injection summary")
+        for text in SUMMARIES:
+            terminalreporter.write_line(text)

@@ -107,3 +107,6 @@ class Faulty:
             if line.startswith(field + ":"):
                 return line.split(":", 1)[1]
         raise KeyError(field)
+
+
+SUMMARIES: list[str] = []  # figures a scenario reports; printed at the end of the pytest run
