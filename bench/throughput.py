@@ -254,7 +254,7 @@ def main() -> None:
     seconds = args.seconds or (1.0 if args.quick else 5.0)
     runs = 200 if args.quick else 1000
     expiring = 1000 if args.quick else 10000
-    with bench_server() as server:
+    with bench_server(binary=args.server) as server:
         tp = asyncio.run(throughput(server.url, seconds))
         memory = asyncio.run(memory_per_run(server.url, runs))
         rss = sidecar_rss(server.url, expiring)
