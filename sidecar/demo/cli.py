@@ -7,40 +7,16 @@ import os
 import sys
 from pathlib import Path
 
+from sidecar.server.argtypes import bounded, port
+
 DEFAULT_RUNS = 40
 DEFAULT_CONCURRENCY = 8
 DEFAULT_SEED = 7
 DEFAULT_PORT = 9464
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"must be 1-100000, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 60 seconds, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
-    return value
+_count = bounded(int, "a whole number", 1, 100_000)
+_seconds = bounded(float, "a number of seconds", 0.0, 60.0, low_open=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", metavar="URL", default=os.environ.get("SIDECAR_REDIS_URL"),
                         help="use this Redis instead of the embedded one "
                         "(env SIDECAR_REDIS_URL)")  # fmt: skip
-    parser.add_argument("--metrics-port", type=_port, default=DEFAULT_PORT, metavar="PORT",
+    parser.add_argument("--metrics-port", type=port, default=DEFAULT_PORT, metavar="PORT",
                         help=f"port of /metrics on 127.0.0.1 (default {DEFAULT_PORT}; 0 = any "
                         "free port; a taken port falls back to a free one)")  # fmt: skip
     parser.add_argument("--abandon-ttl", type=_count, default=2, metavar="SECONDS",

@@ -16,8 +16,11 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
 
+from sidecar.server.argtypes import bounded, port, positive, ratio
+
 PROG = "checkpoint-sidecar"
 USAGE_ERROR = 2
+connect_seconds = bounded(float, "a number of seconds", 0.0, 3600.0)
 
 
 def version() -> str:
@@ -39,43 +42,6 @@ class Parser(argparse.ArgumentParser):
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
-    return port
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be 0-3600 seconds, got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    value = _positive(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, e.g. 0.99; got {text}")
-    return value
 
 
 def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -114,7 +80,7 @@ def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument(
         "--port",
-        type=_port,
+        type=port,
         default=_env("SIDECAR_PORT", "9464"),
         help="HTTP port; 0 picks a free one (env SIDECAR_PORT, default 9464)",
     )
@@ -134,13 +100,13 @@ def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument(
         "--embedded-port",
-        type=_port,
+        type=port,
         default=_env("SIDECAR_EMBEDDED_PORT", "0"),
         help="port of the embedded server (env SIDECAR_EMBEDDED_PORT; default: a free port)",
     )
     p.add_argument(
         "--connect-timeout",
-        type=_seconds,
+        type=connect_seconds,
         metavar="SECONDS",
         default=_env("SIDECAR_CONNECT_TIMEOUT", "30"),
         help="how long to wait at start for Redis to answer (env SIDECAR_CONNECT_TIMEOUT, "
@@ -163,13 +129,13 @@ def _add_budget_and_slo(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--budget-ms",
-        type=_positive,
+        type=positive,
         default=DEFAULT_BUDGET_MS,
         help=f"overhead budget in ms; a histogram bucket edge (default {DEFAULT_BUDGET_MS:g})",
     )
     p.add_argument(
         "--slo",
-        type=_ratio,
+        type=ratio,
         default=DEFAULT_SLO,
         help=f"share of calls within budget (default {DEFAULT_SLO})",
     )
