@@ -1,0 +1,204 @@
+"""The expiry watcher on a Redis Cluster: one :class:`ExpiryWatcher` loop per primary.
+
+Keyspace notifications are local to the node where the key expired (unlike PUBLISH, they are
+not broadcast over the cluster bus), and only a primary expires keys: a replica waits for its
+primary's DEL and emits no ``expired`` event. So the watcher subscribes on every primary and
+on nothing else, and each expiry is counted once, by the one primary that owned the key.
+
+Topology is followed by re-reading ``CLUSTER NODES`` from any reachable node (the URL's node and
+every node seen since): every ``discovery_interval`` seconds, and soon after a node loop loses
+its subscription (a primary died: its replica is promoted and must be subscribed). A node that
+is no longer a primary (demoted, removed, failed) has its loop stopped; its counts are kept.
+
+Shape::
+
+    ClusterExpiryWatcher.run()
+      ├── _discover()                 CLUSTER NODES -> primaries (not failed, with an address)
+      ├── ExpiryWatcher(node_url).run() per primary (reconnect loop, SUBSCRIBE, count)
+      └── _refresh()                  sums the node states into ``state`` every 0.1 s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from sidecar.keys import validate_prefix
+from sidecar.server.watcher import ExpiryWatcher, WatcherState
+
+log = logging.getLogger("sidecar.watcher")
+
+Address = tuple[str, int]
+
+
+def node_url(cluster_url: str, address: Address) -> str:
+    """The plain ``redis://`` / ``rediss://`` URL of one node, credentials and options kept."""
+    parts = urlsplit(cluster_url)
+    scheme = parts.scheme.replace("+cluster", "")
+    auth = parts.netloc.rpartition("@")[0]
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    netloc = f"{auth}@{host}:{address[1]}" if auth else f"{host}:{address[1]}"
+    return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def parse_primaries(text: str, fallback_host: str) -> dict[Address, str]:
+    """Primaries in a ``CLUSTER NODES`` reply that can be watched: address -> node id.
+
+    Failed (``fail``), address-less and handshaking nodes are left out; a primary merely
+    suspected (``fail?``) stays until the cluster agrees it failed.
+    """
+    primaries: dict[Address, str] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        node_id, addr, flags = fields[0], fields[1], set(fields[2].split(","))
+        if "master" not in flags or flags & {"fail", "noaddr", "handshake"}:
+            continue
+        host, _, port = addr.split("@")[0].rpartition(":")
+        if not port or port == "0":
+            continue
+        primaries[(host or fallback_host, int(port))] = node_id
+    return primaries
+
+
+class ClusterExpiryWatcher:
+    """Counts expired runs and leases of ``key_prefix`` on every primary of a cluster.
+
+    Same interface as :class:`ExpiryWatcher`: ``state`` (a :class:`WatcherState` aggregated over
+    the primaries: subscribed only when every primary is) and ``await run()`` until cancelled.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        key_prefix: str,
+        *,
+        discovery_interval: float = 5.0,
+        health_interval: float = 1.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self.redis_url = redis_url
+        self.key_prefix = validate_prefix(key_prefix)
+        self.discovery_interval = discovery_interval
+        self.health_interval = health_interval
+        self.connect_timeout = connect_timeout
+        self.state = WatcherState()
+        parts = urlsplit(redis_url)
+        self._seeds: list[Address] = [(parts.hostname or "127.0.0.1", parts.port or 6379)]
+        self.nodes: dict[Address, ExpiryWatcher] = {}
+        self._tasks: dict[Address, asyncio.Task[None]] = {}
+        self._retired = WatcherState()  # counts of loops stopped after a topology change
+        self._first: set[Address] | None = None
+
+    @property
+    def primaries(self) -> list[Address]:
+        """The primaries watched right now."""
+        return sorted(self.nodes)
+
+    async def run(self) -> None:
+        try:
+            last = -self.discovery_interval
+            while True:
+                since = time.monotonic() - last
+                lagging = any(not w.state.subscribed for w in self.nodes.values())
+                if since >= self.discovery_interval or (lagging and since >= 0.5):
+                    await self._discover()  # on a timer, and soon after a primary is lost
+                    last = time.monotonic()
+                self._refresh()
+                await asyncio.sleep(0.1)
+        finally:
+            await self._stop_all()
+
+    async def _discover(self) -> None:
+        for seed in list(dict.fromkeys([*self.nodes, *self._seeds])):
+            try:
+                text = await self._cluster_nodes(seed)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.state.last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            primaries = parse_primaries(text, seed[0])
+            if primaries:
+                self._apply(primaries)
+                return
+        self.state.redis_up = False
+
+    async def _cluster_nodes(self, address: Address) -> str:
+        client = aioredis.Redis.from_url(
+            node_url(self.redis_url, address),
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=self.connect_timeout,
+            socket_timeout=self.connect_timeout,
+            client_name="checkpoint-sidecar-watcher",
+        )
+        try:
+            reply: object = await client.execute_command(  # type: ignore[no-untyped-call]
+                "CLUSTER", "NODES"
+            )
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def _apply(self, primaries: dict[Address, str]) -> None:
+        self._seeds = list(dict.fromkeys([*primaries, *self._seeds]))[:16]
+        for address in [a for a in self.nodes if a not in primaries]:
+            log.info("no longer a primary, stop watching %s:%d", *address)
+            self._retire(address)
+        for address in primaries:
+            if address not in self.nodes:
+                log.info("watching expiries on primary %s:%d", *address)
+                watcher = ExpiryWatcher(
+                    node_url(self.redis_url, address), self.key_prefix,
+                    health_interval=self.health_interval, connect_timeout=self.connect_timeout,
+                )  # fmt: skip
+                self.nodes[address] = watcher
+                self._tasks[address] = asyncio.create_task(
+                    watcher.run(), name=f"expiry-watcher-{address[0]}:{address[1]}"
+                )
+        if self._first is None:
+            self._first = set(primaries)
+
+    def _retire(self, address: Address) -> None:
+        watcher = self.nodes.pop(address)
+        self._tasks.pop(address).cancel()
+        for name in ("ttl_expiries", "lease_expiries", "reconnects", "subscriptions"):
+            setattr(
+                self._retired, name, getattr(self._retired, name) + getattr(watcher.state, name)
+            )
+
+    def _refresh(self) -> None:
+        """Aggregate the node states into :attr:`state` (read by /readyz and /metrics)."""
+        state, nodes = self.state, [w.state for w in self.nodes.values()]
+        for name in ("ttl_expiries", "lease_expiries", "reconnects", "subscriptions"):
+            setattr(
+                state, name, getattr(self._retired, name) + sum(getattr(n, name) for n in nodes)
+            )
+        state.subscribed = bool(nodes) and all(n.subscribed for n in nodes)
+        state.redis_up = bool(nodes) and all(n.redis_up for n in nodes)
+        confirmed = bool(nodes) and all(n.expiry_events == "confirmed" for n in nodes)
+        state.expiry_events = "confirmed" if confirmed else "unconfirmed"
+        errors = [n.last_error for n in nodes if n.last_error]
+        state.last_error = errors[0] if errors else (None if state.subscribed else state.last_error)
+        refused = [n.refused for n in nodes if n.refused]
+        state.refused = refused[0] if refused else None
+        first = self._first or set()
+        if first and all(a in self.nodes and self.nodes[a].state.ever_subscribed.is_set()
+                         for a in first):  # fmt: skip
+            state.ever_subscribed.set()
+
+    async def _stop_all(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task

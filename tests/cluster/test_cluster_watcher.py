@@ -1,0 +1,82 @@
+"""The expiry watcher on a cluster: subscribed on every primary (and only primaries), each
+expiry counted once, whatever primary owned the key."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from cluster_support import LocalCluster, WholeClusterClient
+from prometheus_client import CollectorRegistry
+
+from sidecar import CheckpointConfig, Checkpointer, RunContext
+from sidecar.server.cluster_watcher import ClusterExpiryWatcher, node_url, parse_primaries
+
+
+async def wait_for(predicate: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def watcher(redis_cluster: LocalCluster) -> AsyncIterator[ClusterExpiryWatcher]:
+    w = ClusterExpiryWatcher(redis_cluster.url, "wexp", discovery_interval=0.5, health_interval=0.5)
+    task = asyncio.create_task(w.run())
+    await wait_for(w.state.ever_subscribed.is_set, 10, "never subscribed")
+    yield w
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_subscribed_on_exactly_the_primaries(
+    redis_cluster: LocalCluster, watcher: ClusterExpiryWatcher
+) -> None:
+    assert [port for _, port in watcher.primaries] == redis_cluster.primary_ports()
+    assert watcher.state.subscribed and watcher.state.up
+    assert watcher.state.expiry_events == "confirmed"
+
+
+async def test_each_expiry_is_counted_once_across_primaries(
+    redis_cluster: LocalCluster,
+    cluster_client: WholeClusterClient,
+    watcher: ClusterExpiryWatcher,
+) -> None:
+    expiring = CheckpointConfig(key_prefix="wexp", ttl_seconds=1, budget_ms=2000)
+    other = CheckpointConfig(key_prefix="other", ttl_seconds=1, budget_ms=2000)
+    ctxs = [RunContext(user_id="u", run_id=f"r{i}") for i in range(30)]
+    async with (
+        Checkpointer(cluster_client, expiring, registry=CollectorRegistry()) as cp,
+        Checkpointer(cluster_client, other, registry=CollectorRegistry()) as cp_other,
+    ):
+        for c in ctxs:
+            assert await cp.manager(c).save_section("s", 1)
+            assert await cp_other.manager(c).save_section("s", 1)  # another prefix: ignored
+        cleaned = [RunContext(user_id="u", run_id=f"clean{i}") for i in range(5)]
+        for c in cleaned:
+            assert await cp.manager(c).save_section("s", 1)
+            assert await cp.manager(c).cleanup()  # deleted, never expires
+    owners = {redis_cluster.owner_port(cp.manager(c).keys.meta) for c in ctxs}
+    assert len(owners) == 3  # the runs live on every primary
+    await wait_for(lambda: watcher.state.ttl_expiries >= 30, 15, "expiries not all counted")
+    await asyncio.sleep(1.0)  # replicas and other prefixes must add nothing
+    assert watcher.state.ttl_expiries == 30
+    assert watcher.state.lease_expiries == 0
+
+
+def test_node_url_and_primary_parsing() -> None:
+    url = "rediss+cluster://agent:p%40ss@10.0.0.1:7000/0?ssl_ca_certs=/ca.crt"
+    assert node_url(url, ("10.0.0.2", 7001)) == (
+        "rediss://agent:p%40ss@10.0.0.2:7001/0?ssl_ca_certs=/ca.crt"
+    )
+    text = "\n".join([
+        "a1 10.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460",
+        "b2 10.0.0.2:7001@17001 master,fail - 0 0 2 disconnected 5461-10922",
+        "c3 10.0.0.3:7002@17002 slave b2 0 0 2 connected",
+        "d4 :7003@17003 master - 0 0 3 connected 10923-16383",
+        "e5 10.0.0.5:0@0 master,noaddr - 0 0 4 disconnected",
+    ])  # fmt: skip
+    assert parse_primaries(text, "seed") == {("10.0.0.1", 7000): "a1", ("seed", 7003): "d4"}
