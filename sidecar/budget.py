@@ -59,6 +59,7 @@ class CircuitBreaker:
             if probe:
                 self._probing = False
                 self._opened_at = self._clock()
+                self._notify(True)
         elif self.consecutive_failures >= self.threshold:
             self.is_open = True
             self._opened_at = self._clock()
@@ -69,5 +70,6 @@ class CircuitBreaker:
         self._probing = False
 
     def _notify(self, is_open: bool) -> None:
+        """Tell the owner that a cooldown starts (True: calls are skipped) or the circuit closed."""
         if self._on_change is not None:
             self._on_change(is_open)

@@ -78,6 +78,8 @@ class Checkpointer:
         self.on_event = on_event
         self._budget = self.config.budget_seconds
         self._pending: set[asyncio.Task[Any]] = set()
+        self._skipping = False  # this Checkpointer counts in checkpoint_circuit_open
+        self._cooldown_timer: asyncio.TimerHandle | None = None
         self._outage_logged = False
 
     @classmethod
@@ -123,9 +125,7 @@ class Checkpointer:
         """Wait briefly for pending async listeners, then close an owned client."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=1.0)
-        if self.breaker.is_open:  # a closed Checkpointer no longer holds the gauge up
-            self.breaker.is_open = False
-            self.telemetry.circuit_changed(False)
+        self._set_skipping(False)  # a closed Checkpointer no longer holds the gauge up
         if self._close_client:
             await self.store.aclose()
 
@@ -242,11 +242,27 @@ class Checkpointer:
             logger.warning("checkpointing degraded: %s", error)
 
     def _breaker_changed(self, is_open: bool) -> None:
-        self.telemetry.circuit_changed(is_open)
+        self._set_skipping(is_open)
         if is_open:
+            # The gauge says "calls are being skipped": true for one cooldown, after which the
+            # next call goes through as a probe (even if none comes for a long time).
+            loop = asyncio.get_running_loop()
+            if self._cooldown_timer is not None:
+                self._cooldown_timer.cancel()
+            self._cooldown_timer = loop.call_later(
+                self.config.breaker_cooldown_s, self._set_skipping, False
+            )
             logger.warning(
                 "checkpoint circuit open: %d consecutive failures; calls skipped for %.1f s",
                 self.breaker.consecutive_failures, self.config.breaker_cooldown_s,
             )  # fmt: skip
         else:
             logger.info("checkpoint circuit closed: Redis answers again")
+
+    def _set_skipping(self, skipping: bool) -> None:
+        if not skipping and self._cooldown_timer is not None:
+            self._cooldown_timer.cancel()
+            self._cooldown_timer = None
+        if skipping != self._skipping:
+            self._skipping = skipping
+            self.telemetry.circuit_changed(skipping)

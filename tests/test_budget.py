@@ -223,14 +223,15 @@ def test_breaker_in_flight_failures_do_not_extend_the_cooldown() -> None:
     now[0] = 1.0
     assert breaker.allow() is None  # cooldown counted from the opening: this is the probe
     assert breaker.allow() is False  # only one probe at a time
-    breaker.failure(probe=True)  # the probe failed: another full cooldown
+    breaker.failure(probe=True)  # the probe failed: another full cooldown, owner told again
+    assert changes == [True, True]
     now[0] = 1.9
     assert breaker.allow() is False
     now[0] = 2.0
     assert breaker.allow() is None
     breaker.success()
     assert not breaker.is_open
-    assert changes == [True, False]
+    assert changes == [True, True, False]
     assert breaker.allow() is True
 
 
@@ -251,3 +252,21 @@ async def test_circuit_gauge_is_shared_by_checkpointers_on_one_registry(
     assert registry.get_sample_value("checkpoint_circuit_open") == 1  # `other` is still open
     await other.aclose()
     assert registry.get_sample_value("checkpoint_circuit_open") == 0
+
+
+async def test_circuit_gauge_drops_when_the_cooldown_ends_even_without_calls(
+    registry: CollectorRegistry,
+) -> None:
+    """The gauge means "calls are being skipped": after one cooldown the next call would probe."""
+    from sidecar.server.embedded import free_port
+
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    cfg = CheckpointConfig(budget_ms=200, breaker_failures=1, breaker_cooldown_s=0.3)
+    async with Checkpointer.from_url(down, config=cfg, registry=registry) as cp:
+        await cp.manager(CTX).has_checkpoints()
+        assert registry.get_sample_value("checkpoint_circuit_open") == 1
+        await asyncio.sleep(0.45)
+        assert registry.get_sample_value("checkpoint_circuit_open") == 0
+        assert cp.breaker.is_open  # still open: the next call is the probe
+        await cp.manager(CTX).has_checkpoints()  # the probe fails: skipping again
+        assert registry.get_sample_value("checkpoint_circuit_open") == 1
