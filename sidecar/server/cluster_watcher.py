@@ -100,6 +100,11 @@ class ClusterExpiryWatcher:
         self._first: set[Address] | None = None
 
     @property
+    def seed_url(self) -> str:
+        """A plain URL of the node the cluster URL names (to wait for it at start-up)."""
+        return node_url(self.redis_url, self._seeds[0])
+
+    @property
     def primaries(self) -> list[Address]:
         """The primaries watched right now."""
         return sorted(self.nodes)

@@ -32,6 +32,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from sidecar.config import CheckpointConfig, redact_url
 from sidecar.server.app import make_app
+from sidecar.server.cluster_watcher import ClusterExpiryWatcher
 from sidecar.server.metrics import build_registry
 from sidecar.server.watcher import ExpiryWatcher, WatcherState
 
@@ -80,17 +81,18 @@ class Sidecar:
         if key_prefix is not None:
             overrides["key_prefix"] = key_prefix
         config = CheckpointConfig(**overrides)
-        if config.is_cluster:
-            raise SidecarStartError(
-                "the expiry watcher does not support Redis Cluster yet: give a primary's "
-                "redis:// URL"
-            )
         self.config = config
         self.host = host
         self.connect_timeout = connect_timeout
-        self.watcher = ExpiryWatcher(
-            config.redis_url, config.key_prefix, health_interval=health_interval
-        )
+        self.watcher: ExpiryWatcher | ClusterExpiryWatcher
+        if config.is_cluster:  # redis+cluster://: one subscription per primary
+            self.watcher = ClusterExpiryWatcher(
+                config.redis_url, config.key_prefix, health_interval=health_interval
+            )
+        else:
+            self.watcher = ExpiryWatcher(
+                config.redis_url, config.key_prefix, health_interval=health_interval
+            )
         try:
             self.registry = build_registry(
                 self.watcher.state, multiproc_dir=multiproc_dir, registry=registry
@@ -152,7 +154,10 @@ class Sidecar:
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Wait for Redis, subscribe the watcher, bind and serve HTTP."""
-        await wait_for_redis(self.config.redis_url, self.connect_timeout)
+        probe = self.config.redis_url
+        if isinstance(self.watcher, ClusterExpiryWatcher):
+            probe = self.watcher.seed_url  # a plain URL of the cluster node given
+        await wait_for_redis(probe, self.connect_timeout)
         self._socket = _bind(self.host, self._requested_port)
         self._watcher_task = asyncio.create_task(self.watcher.run(), name="expiry-watcher")
         try:
