@@ -163,7 +163,9 @@ def alerts(budget_ms: float, slo: float) -> list[Alert]:
         ),
         Alert(
             name="CheckpointCircuitOpen",
-            terms=(Term(f"max without (pid) ({names.CIRCUIT_OPEN})", "> 0"),),
+            # The gauge is 1 while calls are skipped: one cooldown at a time, with a failed probe
+            # in between. max_over_time bridges those instants so a long outage stays firing.
+            terms=(Term(f"max without (pid) (max_over_time({names.CIRCUIT_OPEN}[1m]))", "> 0"),),
             severity="critical",
             for_="5m",
             summary="Checkpoint circuit breaker open: checkpoints are being skipped",
