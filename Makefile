@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test check lint typecheck promtool install-demo install-dev bench dashboards clean
+.PHONY: demo test check lint typecheck test-tools install-demo install-dev bench dashboards clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,15 +21,22 @@ install-dev: $(BIN)/python
 demo: install-demo
 	$(BIN)/checkpoint-sidecar demo $(DEMO_ARGS)
 
-## promtool (Debian's prometheus package) for the alert-rule tests and the end-to-end proof.
-promtool:
-	@command -v promtool >/dev/null 2>&1 || { \
+## Debian tools the tests use: prometheus (promtool + the server of the end-to-end proof),
+## redis-server (TLS-capable, for the TLS tests and as a second target) and openssl (test CA).
+TOOLS_PKGS := prometheus redis-server openssl
+test-tools:
+	@missing=""; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else echo "promtool missing: install Debian's 'prometheus' package (sudo apt-get install prometheus)"; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing test tools:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
 
 ## The whole test suite against private servers the fixtures start themselves.
-test: install-dev promtool
+test: install-dev test-tools
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

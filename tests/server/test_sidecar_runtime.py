@@ -75,8 +75,3 @@ async def test_unreachable_redis_raises_a_start_error() -> None:
     sidecar = Sidecar("redis://127.0.0.1:1/0", port=0, connect_timeout=0.3)
     with pytest.raises(SidecarStartError, match=r"not reachable after 0\.3 s"):
         await sidecar.start()
-
-
-def test_cluster_urls_are_refused_for_now() -> None:
-    with pytest.raises(SidecarStartError, match="Cluster"):
-        Sidecar("redis+cluster://127.0.0.1:7000", port=0)
