@@ -243,3 +243,20 @@ async def test_events_sync_async_and_a_raising_listener(
             assert await cp.manager(CTX).save_section("summary", 1) is True
             assert await cp.manager(CTX).load_section("summary") == 1
     assert "listener raised" in caplog.text
+
+
+def test_configure_tracing_builds_an_sdk_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+
+    from sidecar.telemetry import configure_tracing
+
+    provider = configure_tracing("agent-under-test", exporter="console", set_global=False)
+    assert isinstance(provider, SdkProvider)
+    assert provider.resource.attributes["service.name"] == "agent-under-test"
+    provider.shutdown()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    quiet = configure_tracing("agent-under-test", set_global=False)
+    assert isinstance(quiet, SdkProvider)
+    quiet.shutdown()
+    with pytest.raises(ValueError, match="unknown traces exporter"):
+        configure_tracing("x", exporter="carrier-pigeon", set_global=False)
