@@ -146,6 +146,8 @@ class ResumableRun:
                 metrics.sections.labels("restored").inc()
             self._report[name] = value
             return value
+        if name in self._report:  # produced earlier in this attempt: never pay twice
+            return self._report[name]
         if self._lost:
             raise LeaseLost("this attempt's lease was taken over; it may not produce sections")
         await self._mark(name)

@@ -95,6 +95,7 @@ async def test_run_properties_and_in_progress(cp: Checkpointer) -> None:
         assert run.remaining == PLAN[2:]
         await run.step("recommendations", lambda: "r")  # a plain callable works too
         await run.step("action_items", lambda: "a")
+        assert await run.step("action_items", lambda: "again") == "a"  # never produced twice
     assert seen[0].in_progress == "data_analysis"
     assert seen[0].completed_sections == ["summary"]
 
