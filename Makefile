@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test check lint typecheck test-tools install-demo install-dev bench dashboards clean
+.PHONY: demo test test-redis7 check lint typecheck test-tools install-demo install-dev bench dashboards clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test-tools:
 ## The whole test suite against private servers the fixtures start themselves.
 test: install-dev test-tools
 	$(BIN)/python -m pytest -q
+
+## The core library suite once more against Debian's Redis 7 (a second real server).
+test-redis7: install-dev test-tools
+	SIDECAR_TEST_SERVER=redis-server SIDECAR_TEST_BACKENDS=standalone $(BIN)/python -m pytest -q tests/test_*.py
 
 lint: install-dev
 	$(BIN)/ruff check .
