@@ -156,6 +156,13 @@ def _add_dashboards(sub: argparse._SubParsersAction[Parser]) -> None:
         default="http://127.0.0.1:9090",
         help="Prometheus to query for --render (default http://127.0.0.1:9090)",
     )
+    p.add_argument(
+        "--render-window",
+        metavar="SECONDS",
+        type=bounded(int, "a number of seconds", 10, 7 * 24 * 3600),
+        default=900,
+        help="how much recent data --render draws (default 900)",
+    )
     p.set_defaults(handler=_run_dashboards, parser=p)
 
 
@@ -252,7 +259,7 @@ def _run_dashboards(args: argparse.Namespace) -> int:
             if render is None:
                 return USAGE_ERROR
             try:
-                render(args.prometheus_url, args.render)
+                render(args.prometheus_url, args.render, window_s=args.render_window)
             except OSError as exc:
                 return _fail("dashboards", f"cannot render from {args.prometheus_url}: {exc}")
     except (OSError, ValueError, ImportError) as exc:
