@@ -32,7 +32,8 @@ test-tools:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else echo "missing test tools:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi; \
+	  else echo "warning: missing test tools:$$missing (Debian: sudo apt-get install$$missing);" \
+	    "the tests that need them are skipped here and fail under CI=true"; fi; \
 	fi
 
 ## The whole test suite against private servers the fixtures start themselves.
