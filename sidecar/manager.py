@@ -150,7 +150,7 @@ class CheckpointManager:
 
         async def call() -> bool:
             reply = await self._cp.store.run_script(lua.SAVE_SECTION, self.keys.all, args)
-            if int(reply[0]) != 1:
+            if reply != 1:
                 raise LeaseLost(
                     f"save of {name!r} refused: the run's lease belongs to another attempt "
                     f"({text(reply[1])})"
