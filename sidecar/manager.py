@@ -39,9 +39,9 @@ def text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def pairs(flat: list[Any]) -> dict[str, Any]:
-    """A flat [field, value, ...] script reply as a dict with str fields."""
-    return {text(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+def flat_pairs(flat: list[Any]) -> list[tuple[str, Any]]:
+    """A flat [name, value, ...] script reply as (str name, value) pairs, in reply order."""
+    return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
 
 
 def parse_time(raw: Any) -> datetime | None:
@@ -66,13 +66,6 @@ def progress_from_meta(meta: dict[str, Any]) -> Progress:
         total_sections=total or len(completed),
         last_update=parse_time(meta.get("t")),
     )
-
-
-def ordered_sections(meta: dict[str, Any], raw: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Stored sections in completion order (those without an order entry last, by name)."""
-    position = {f[len(_ORDER) :]: int(text(v)) for f, v in meta.items() if f.startswith(_ORDER)}
-    names = sorted(raw, key=lambda n: (position.get(n, 1 << 62), n))
-    return [(name, raw[name]) for name in names]
 
 
 class CheckpointManager:
@@ -210,10 +203,8 @@ class CheckpointManager:
         )
         if not reply:
             return []
-        result = ordered_sections(pairs(reply[0]), pairs(reply[1]))
-        if result:
-            self._event("loaded", None, started)
-        return result
+        self._event("loaded", None, started)
+        return flat_pairs(reply)
 
     async def get_progress(self) -> Progress:
         """The seed's progress shape (one HGETALL)."""
@@ -268,5 +259,4 @@ def _size(raw: Any) -> int | None:
 def _reply_size(reply: Any) -> int | None:
     if not reply:
         return None
-    flat = reply[1]
-    return sum(len(flat[i]) for i in range(1, len(flat), 2)) or None
+    return sum(len(reply[i]) for i in range(1, len(reply), 2)) or None

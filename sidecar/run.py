@@ -28,7 +28,7 @@ from typing import Any, Self
 from sidecar import codec, lua
 from sidecar.errors import LeaseHeld, LeaseLost
 from sidecar.keys import validate_section
-from sidecar.manager import CheckpointManager, ordered_sections, pairs
+from sidecar.manager import CheckpointManager, flat_pairs
 
 logger = logging.getLogger("sidecar")
 Produce = Callable[[], Any]
@@ -90,8 +90,7 @@ class ResumableRun:
         else:
             assert reply is not None
             self.fencing_token = int(reply[1])
-            stored = ordered_sections(pairs(reply[2]), pairs(reply[3]))
-            self.restored = {name: codec.load(name, raw) for name, raw in stored}
+            self.restored = {name: codec.load(name, raw) for name, raw in flat_pairs(reply[2])}
             self.resumed = bool(self.restored)
             self._renewer = asyncio.create_task(self._renew_forever())
         metrics = self._cp.telemetry.metrics

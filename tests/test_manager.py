@@ -139,6 +139,18 @@ async def test_load_all_sections_in_completion_order(cp: Checkpointer) -> None:
     assert loaded["alpha"] == {"name": "alpha", "v": 2}
 
 
+async def test_sections_without_an_order_entry_come_last_by_name(
+    cp: Checkpointer, redis_client: aioredis.Redis
+) -> None:
+    mgr = cp.manager(CTX)
+    for name in ("c", "b", "a", "d"):
+        await mgr.save_section(name, name)
+    await redis_client.hdel(mgr.keys.meta, "o:c", "o:b")  # e.g. meta evicted and rebuilt
+    assert list(await mgr.load_all_sections()) == ["a", "d", "b", "c"]
+    async with cp.run(CTX) as run:
+        assert list(run.restored) == ["a", "d", "b", "c"]
+
+
 async def test_progress_shape(cp: Checkpointer) -> None:
     mgr = cp.manager(CTX)
     empty = await mgr.get_progress()
