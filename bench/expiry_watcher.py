@@ -39,20 +39,10 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from sidecar import names  # noqa: E402
 from sidecar.keys import run_keys  # noqa: E402
 from sidecar.server.embedded import EmbeddedServer  # noqa: E402
+from tests.server.helpers import clean_env as _env  # noqa: E402
 
 PREFIX = "bench"
 POLL = 0.02
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SIDECAR_", "PROMETHEUS_", "prometheus_", "OTEL_"))
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    env.update(extra)
-    return env
 
 
 class SidecarProc:
