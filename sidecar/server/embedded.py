@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -46,12 +47,43 @@ def find_server_binary(allow_system: bool = True) -> str:
     )
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LISTEN_FLOOR = 20000  # below: well-known and registered services' ports
+
+
+def _ephemeral_low() -> int:
+    """First port the kernel hands out to outgoing connections (32768 on Linux by default)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the server binds it right after)."""
+    """A TCP port that was free a moment ago (the server binds it right after).
+
+    Chosen *below* the kernel's ephemeral range when it can be: a server that is restarted on
+    the same port (after a crash, say) must find it free, but while it is down, a client
+    reconnecting to 127.0.0.1:P may be given P itself as its local port and connect to itself
+    (TCP simultaneous open). That socket holds the port, the restart fails with "address in
+    use", and the client reads its own commands back as replies. Outside the ephemeral range
+    no outgoing connection can ever be bound to the port.
+    """
+    low = _ephemeral_low()
+    if low > _LISTEN_FLOOR + 1000:
+        rng = random.Random()
+        for _ in range(64):
+            port = rng.randrange(_LISTEN_FLOOR, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 class EmbeddedServer:

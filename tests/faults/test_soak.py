@@ -56,12 +56,17 @@ WORKERS = 40
 SERVER_FAULT_RATE = 0.04  # per run start
 RUN_FAULT_RATE = 0.06  # per run
 RUN_DEADLINE_S = 30.0
+SOAK_DEADLINE_S = 180.0  # the whole soak takes 10-20 s; past this, fail with every task's stack
 SERVER_FAULTS = ("crash", "freeze", "client_kill", "oom")
 RUN_FAULTS = ("agent_crash", "worker_dies_holding_lease", "ttl_expiry")
 
 
 class Crash(Exception):
     """The agent fails mid-run (its checkpoints stay for the next attempt)."""
+
+
+class NotApplied(Crash):
+    """The run fault could not happen in this attempt (an outage): the next attempt tries it."""
 
 
 @dataclass
@@ -85,6 +90,16 @@ class Ledger:
     def on_event(self, event: CheckpointEvent) -> None:
         if event.kind == "saved" and event.section is not None:
             self.confirmed.setdefault(event.run_id, set()).add(event.section)
+
+
+def task_stacks() -> list[str]:
+    """Where every pending task of the loop is waiting, one line per frame."""
+    lines = []
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=6)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        lines.append(f"{task.get_name()}: {where}")
+    return sorted(lines)
 
 
 def content(run_id: str, section: str, *, late: bool = False) -> dict[str, Any]:
@@ -117,30 +132,52 @@ class Soak:
                 server_fault = (rng.choice(kinds), rng.choice(SERVER_FAULTS))
             self.plan.append((kinds[i % 2], run_fault, server_fault))
         self.server_faults: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        self.zombies: list[asyncio.Task[None]] = []
+        self.injector_errors: list[str] = []
 
     # --- server faults: one at a time, in schedule order -----------------------------------
 
     async def inject_forever(self) -> None:
+        """Inject faults as scheduled. A fault that fails is recorded, never fatal: a dead
+        injector would leave a server down (or starved) for good and ``join()`` waiting."""
         while True:
             kind, fault = await self.server_faults.get()
-            server = self.servers[kind]
-            if fault == "crash":
-                server.crash()
-                await asyncio.sleep(self.rng.uniform(0.1, 0.4))
-                await asyncio.to_thread(server.restart)
-            elif fault == "freeze":
-                server.freeze()
-                await asyncio.sleep(self.rng.uniform(0.3, 0.6))  # > budget (0.2 s)
-                server.thaw()
-            elif fault == "client_kill":
-                await asyncio.to_thread(server.kill_clients)
-            else:
-                await asyncio.to_thread(server.starve)
-                await asyncio.sleep(self.rng.uniform(0.1, 0.3))
+            try:
+                await self.inject(self.servers[kind], fault)
+            except Exception as exc:
+                self.injector_errors.append(f"{kind}/{fault}: {exc!r}")
+                await self.heal(self.servers[kind])
+            finally:
+                self.server_faults.task_done()
+
+    async def inject(self, server: Faulty, fault: str) -> None:
+        if fault == "crash":
+            server.crash()
+            await asyncio.sleep(self.rng.uniform(0.1, 0.4))
+            await asyncio.to_thread(server.restart)
+        elif fault == "freeze":
+            server.freeze()
+            await asyncio.sleep(self.rng.uniform(0.3, 0.6))  # > budget (0.2 s)
+            server.thaw()
+        elif fault == "client_kill":
+            await asyncio.to_thread(server.kill_clients)
+        else:
+            await asyncio.to_thread(server.starve)
+            await asyncio.sleep(self.rng.uniform(0.1, 0.3))
+            await asyncio.to_thread(server.feed)
+        await asyncio.sleep(0.05)
+
+    async def heal(self, server: Faulty) -> None:
+        """Undo whatever a failed injection left behind, so the runs can go on."""
+        server.thaw()
+        for _ in range(3):
+            try:
+                if server.down:
+                    await asyncio.to_thread(server.restart)
                 await asyncio.to_thread(server.feed)
-            await asyncio.sleep(0.05)
-            self.server_faults.task_done()
+                return
+            except Exception as exc:
+                self.injector_errors.append(f"healing: {exc!r}")
+                await asyncio.sleep(0.5)
 
     # --- one run ---------------------------------------------------------------------------
 
@@ -152,22 +189,24 @@ class Soak:
         if run_fault:
             self.ledger.run_faults[run_fault] += 1
         deadline = time.monotonic() + RUN_DEADLINE_S
-        attempt = 0
+        pending = run_fault  # until it has happened: an outage can keep it from happening
         zombie: ResumableRun | None = None
         while time.monotonic() < deadline:
             try:
-                outcome = await self.attempt(kind, ctx, run_fault if attempt == 0 else None, zombie)
+                outcome = await self.attempt(kind, ctx, pending, zombie)
             except LeaseHeld:
                 self.ledger.lease_waits += 1
                 await asyncio.sleep(0.2)
                 continue
+            except NotApplied:
+                await asyncio.sleep(0.05)
+                continue
             except (Crash, LeaseLost):
-                attempt += 1
+                pending = None
                 await asyncio.sleep(0.05)
                 continue
             if isinstance(outcome, ResumableRun):  # a worker died holding the lease
-                zombie = outcome
-                attempt += 1
+                zombie, pending = outcome, None
                 continue
             return
         self.ledger.failed.append(ctx.run_id)
@@ -188,14 +227,14 @@ class Soak:
                 ledger.restored += len(run.restored)
             if zombie is not None:
                 if not run.fencing_token:  # started without the lease (outage): try again
-                    raise Crash
+                    raise NotApplied
                 await self.zombie_writes(cp, ctx, zombie)
             for k, name in enumerate(PLAN):
                 if fault == "ttl_expiry" and k == 2:
                     await self.expire(kind, cp, ctx)
                 if fault == "worker_dies_holding_lease" and k == 2:
-                    if run._renewer is None:  # it never got the lease (outage): a plain crash
-                        raise Crash
+                    if run._renewer is None:  # it never got the lease (outage): next attempt
+                        raise NotApplied
                     run._renewer.cancel()  # the process is gone: no renewal, no release
                     return run
 
@@ -256,9 +295,20 @@ class Soak:
             while not queue.empty():
                 await self.run_one(queue.get_nowait())
 
-        try:
+        async def work() -> None:
             await asyncio.gather(*(worker() for _ in range(WORKERS)))
             await self.server_faults.join()  # let scheduled faults finish
+
+        job = asyncio.ensure_future(work())
+        try:
+            done, _ = await asyncio.wait({job}, timeout=SOAK_DEADLINE_S)
+            if not done:  # say where it is stuck (pytest-timeout would only show the loop)
+                stuck = "\n".join(task_stacks())
+                job.cancel()
+                await asyncio.gather(job, return_exceptions=True)
+                pytest.fail(f"soak stuck past {SOAK_DEADLINE_S:g} s; injector errors: "
+                            f"{self.injector_errors}; tasks:\n{stuck}")  # fmt: skip
+            await job
         finally:
             injector.cancel()
             await asyncio.gather(injector, return_exceptions=True)
@@ -322,6 +372,7 @@ async def test_soak_1000_runs_under_random_faults(faulty_server: ServerFactory) 
     SUMMARIES.append("\n".join(summary))
     print("\n" + "\n".join(summary))
 
+    assert not soak.injector_errors, soak.injector_errors
     assert ledger.completed + len(ledger.failed) == RUNS
     assert ledger.wrong_content == 0
     assert not ledger.failed, ledger.failed[:10]
