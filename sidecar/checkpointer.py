@@ -1,8 +1,9 @@
-"""Checkpointer: owns the Redis client, the config, the telemetry and the breaker, and runs
+"""Checkpointer: owns the Redis client, the config, the telemetry and the breakers, and runs
 every checkpoint operation through one bounded, instrumented path (:meth:`Checkpointer.execute`).
 
-Every operation is: breaker check → span → one awaited Redis command inside
-``asyncio.timeout(budget)`` → outcome, histogram, budget counter, span status. A redis-py call
+Every operation is: breaker check (on a cluster, the breaker of the shard serving the run) →
+span → one awaited Redis command inside ``asyncio.timeout(budget)`` → outcome, histogram,
+budget counter, span status. A redis-py call
 cancelled by the timeout drops its connection rather than leaving a half-read reply in the
 pool, so the timeout is a sound way to enforce the budget; clients built by
 :meth:`Checkpointer.from_url` have redis-py's own retries off so that they cannot eat it.
@@ -72,14 +73,13 @@ class Checkpointer:
             server=server_address(redis),
             trace_identifiers=self.config.trace_identifiers,
         )
-        self.breaker = CircuitBreaker(
-            self.config.breaker_failures, self.config.breaker_cooldown_s, self._breaker_changed
-        )
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._skipping: set[str] = set()  # shards whose calls are being skipped now
+        self._cooldown_timers: dict[str, asyncio.TimerHandle] = {}
+        self.breaker = self._new_breaker("")
         self.on_event = on_event
         self._budget = self.config.budget_seconds
         self._pending: set[asyncio.Task[Any]] = set()
-        self._skipping = False  # this Checkpointer counts in checkpoint_circuit_open
-        self._cooldown_timer: asyncio.TimerHandle | None = None
         self._outage_logged = False
 
     @classmethod
@@ -125,7 +125,8 @@ class Checkpointer:
         """Wait briefly for pending async listeners, then close an owned client."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=1.0)
-        self._set_skipping(False)  # a closed Checkpointer no longer holds the gauge up
+        for shard in list(self._skipping):  # a closed Checkpointer no longer holds the gauge up
+            self._set_skipping(shard, False)
         if self._close_client:
             await self.store.aclose()
 
@@ -147,6 +148,7 @@ class Checkpointer:
         call: Callable[[], Awaitable[T]],
         *,
         ids: tuple[str, str],
+        slot: int | None = None,
         section: str | None = None,
         nbytes: int | None = None,
         measure: Callable[[Any], int | None] | None = None,
@@ -155,13 +157,15 @@ class Checkpointer:
 
         Outages (timeout, unreachable, circuit open) come back as the error, for the caller to
         raise (strict) or turn into the seed's "nothing". Lease conflicts raised by ``call``
-        propagate with outcome ``rejected``.
+        propagate with outcome ``rejected``. ``slot`` (the run's hash slot on a cluster) picks
+        the breaker of the shard that serves it.
         """
         tele = self.telemetry
         span = tele.start_span(operation)
         if span.is_recording():
             tele.describe(span, operation, db_operation, section, ids)
-        allowed = self.breaker.allow()
+        breaker = self.breaker if slot is None else self.breaker_for(slot)
+        allowed = breaker.allow()
         if allowed is False:
             err = CheckpointUnavailable(f"{operation}: circuit open after repeated failures")
             tele.finish(span, operation, names.SKIPPED, 0.0, nbytes, None)
@@ -186,22 +190,22 @@ class Checkpointer:
         except CheckpointUnavailable as exc:
             outcome, error = names.ERROR, exc
         except CheckpointError as exc:  # lease conflicts: not an outage, always raised
-            self.breaker.success()
+            breaker.success()
             tele.finish(span, operation, names.REJECTED, time.perf_counter() - start, nbytes, exc)
             raise
         except BaseException:
             if allowed is None:
-                self.breaker.abandon_probe()
+                breaker.abandon_probe()
             tele.finish(span, operation, names.ERROR, time.perf_counter() - start, nbytes, None)
             raise
         duration = time.perf_counter() - start
         if error is None:
-            self.breaker.success()
+            breaker.success()
             self._outage_logged = False
             if measure is not None:
                 nbytes = measure(result)
         else:
-            self.breaker.failure(probe=allowed is None)
+            breaker.failure(probe=allowed is None)
             self._log_outage(error)
         tele.finish(span, operation, outcome, duration, nbytes, error)
         return result, error
@@ -241,28 +245,53 @@ class Checkpointer:
             self._outage_logged = True
             logger.warning("checkpointing degraded: %s", error)
 
-    def _breaker_changed(self, is_open: bool) -> None:
-        self._set_skipping(is_open)
+    # --- circuit breakers: one per shard -----------------------------------------------------
+
+    def breaker_for(self, slot: int) -> CircuitBreaker:
+        """The breaker of the primary serving ``slot``: on a cluster, one shard failing over
+        must not make calls to the healthy shards skip. A promoted replica is a new name, so
+        it starts with a closed circuit."""
+        shard = self.store.shard(slot)
+        breaker = self._breakers.get(shard)
+        return breaker if breaker is not None else self._new_breaker(shard)
+
+    def _new_breaker(self, shard: str) -> CircuitBreaker:
+        cfg = self.config
+        breaker = CircuitBreaker(
+            cfg.breaker_failures, cfg.breaker_cooldown_s,
+            lambda is_open: self._breaker_changed(shard, is_open),
+        )  # fmt: skip
+        self._breakers[shard] = breaker
+        return breaker
+
+    def _breaker_changed(self, shard: str, is_open: bool) -> None:
+        self._set_skipping(shard, is_open)
+        where = f" for {shard}" if shard else ""
         if is_open:
             # The gauge says "calls are being skipped": true for one cooldown, after which the
             # next call goes through as a probe (even if none comes for a long time).
             loop = asyncio.get_running_loop()
-            if self._cooldown_timer is not None:
-                self._cooldown_timer.cancel()
-            self._cooldown_timer = loop.call_later(
-                self.config.breaker_cooldown_s, self._set_skipping, False
+            timer = self._cooldown_timers.pop(shard, None)
+            if timer is not None:
+                timer.cancel()
+            self._cooldown_timers[shard] = loop.call_later(
+                self.config.breaker_cooldown_s, self._set_skipping, shard, False
             )
             logger.warning(
-                "checkpoint circuit open: %d consecutive failures; calls skipped for %.1f s",
-                self.breaker.consecutive_failures, self.config.breaker_cooldown_s,
+                "checkpoint circuit open%s: %d consecutive failures; calls skipped for %.1f s",
+                where, self._breakers[shard].consecutive_failures, self.config.breaker_cooldown_s,
             )  # fmt: skip
         else:
-            logger.info("checkpoint circuit closed: Redis answers again")
+            logger.info("checkpoint circuit closed%s: Redis answers again", where)
 
-    def _set_skipping(self, skipping: bool) -> None:
-        if not skipping and self._cooldown_timer is not None:
-            self._cooldown_timer.cancel()
-            self._cooldown_timer = None
-        if skipping != self._skipping:
-            self._skipping = skipping
+    def _set_skipping(self, shard: str, skipping: bool) -> None:
+        if not skipping:
+            timer = self._cooldown_timers.pop(shard, None)
+            if timer is not None:
+                timer.cancel()
+        if skipping != (shard in self._skipping):
+            if skipping:
+                self._skipping.add(shard)
+            else:
+                self._skipping.discard(shard)
             self.telemetry.circuit_changed(skipping)

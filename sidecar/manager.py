@@ -77,6 +77,7 @@ class CheckpointManager:
         self.run_id: str = getattr(ctx, "run_id", None)  # type: ignore[assignment]
         self.keys: RunKeys = run_keys(checkpointer.config.key_prefix, self.user_id, self.run_id)
         self._ids = (self.user_id, self.run_id)
+        self.slot = checkpointer.store.slot(self.keys.meta)  # its shard's breaker, on a cluster
 
     @property
     def checkpointer(self) -> Checkpointer:
@@ -96,8 +97,8 @@ class CheckpointManager:
         measure: Callable[[Any], int | None] | None = None,
     ) -> Any:
         result, error = await self._cp.execute(
-            operation, db_operation, call, ids=self._ids, section=section, nbytes=nbytes,
-            measure=measure,
+            operation, db_operation, call, ids=self._ids, slot=self.slot, section=section,
+            nbytes=nbytes, measure=measure,
         )  # fmt: skip
         if error is not None:
             if self._cp.config.strict:

@@ -79,7 +79,7 @@ class ResumableRun:
 
         started = time.perf_counter()
         reply, error = await self._cp.execute(
-            "lease_acquire", "EVALSHA", call, ids=(mgr.user_id, mgr.run_id)
+            "lease_acquire", "EVALSHA", call, ids=(mgr.user_id, mgr.run_id), slot=mgr.slot
         )
         if error is not None:
             if cfg.strict:
@@ -185,7 +185,7 @@ class ResumableRun:
         await self._cp.execute(
             "mark_in_progress", "EVALSHA",
             lambda: store.run_script(lua.MARK_IN_PROGRESS, mgr.keys.all, args),
-            ids=(mgr.user_id, mgr.run_id), section=name,
+            ids=(mgr.user_id, mgr.run_id), slot=mgr.slot, section=name,
         )  # fmt: skip
 
     async def _renew_forever(self) -> None:
@@ -197,7 +197,7 @@ class ResumableRun:
             reply, error = await self._cp.execute(
                 "lease_renew", "EVALSHA",
                 lambda: store.run_script(lua.RENEW_LEASE, (mgr.keys.lease,), args),
-                ids=(mgr.user_id, mgr.run_id),
+                ids=(mgr.user_id, mgr.run_id), slot=mgr.slot,
             )  # fmt: skip
             if error is None and not int(reply or 0):
                 # expired during an outage; the next save re-takes it if nobody else did
@@ -209,7 +209,7 @@ class ResumableRun:
         _, error = await self._cp.execute(
             "lease_release", "EVALSHA",
             lambda: store.run_script(lua.RELEASE_LEASE, mgr.keys.all[1:], (owner,)),
-            ids=(mgr.user_id, mgr.run_id),
+            ids=(mgr.user_id, mgr.run_id), slot=mgr.slot,
         )  # fmt: skip
         if error is not None and self._cp.config.strict:
             raise error
@@ -223,7 +223,9 @@ class ResumableRun:
             if not int(await store.run_script(lua.FINISH_RUN, mgr.keys.all, args)):
                 raise LeaseLost("cleanup refused: another attempt has taken over this run")
 
-        _, error = await self._cp.execute("cleanup", "EVALSHA", call, ids=(mgr.user_id, mgr.run_id))
+        _, error = await self._cp.execute(
+            "cleanup", "EVALSHA", call, ids=(mgr.user_id, mgr.run_id), slot=mgr.slot
+        )
         if error is not None:
             if self._cp.config.strict:
                 raise error

@@ -85,8 +85,28 @@ class Store:
 
     def __init__(self, client: RedisClient) -> None:
         self.client = client
-        self._discover = isinstance(client, RedisCluster)
+        self.is_cluster = isinstance(client, RedisCluster)
+        self._discover = self.is_cluster
         self._discovery = asyncio.Lock()
+
+    def slot(self, key: str) -> int | None:
+        """The hash slot of ``key`` on a cluster; None on a single server."""
+        if isinstance(self.client, RedisCluster):
+            return self.client.keyslot(key)
+        return None
+
+    def shard(self, slot: int | None) -> str:
+        """Name (host:port) of the primary serving ``slot`` now, as the client last learned it.
+
+        "" on a single server, and on a cluster before discovery or while a slot is uncovered.
+        A failover changes the answer once the client has learned the new topology.
+        """
+        if slot is None or not isinstance(self.client, RedisCluster):
+            return ""
+        try:
+            return str(self.client.nodes_manager.get_node_from_slot(slot).name)
+        except (rexc.SlotNotCoveredError, KeyError):
+            return ""
 
     async def _ready(self) -> None:
         """Discover a cluster's topology once, before its first command.

@@ -29,10 +29,10 @@ _VERSION = "0.1.0"
 
 @dataclass(slots=True)
 class OpenCircuits:
-    """How many Checkpointers on one registry have their circuit open right now.
+    """How many circuits (one per shard of each Checkpointer) on one registry are open now.
 
-    ``checkpoint_circuit_open`` is 1 while any of them is open: Checkpointers sharing a
-    registry must not overwrite each other's state.
+    ``checkpoint_circuit_open`` is 1 while any of them is open: Checkpointers and shards
+    sharing a registry must not overwrite each other's state.
     """
 
     count: int = 0
