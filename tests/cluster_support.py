@@ -323,6 +323,49 @@ class LocalCluster:
             and (len(replicas) >= len(self.live) - self.primaries_wanted)
         )
 
+    def add_primary(self, timeout: float = 15.0) -> int:
+        """Start one more node and join it as a primary with no slots; its port."""
+        node = EmbeddedServer(binary=self.binary, extra_args=self.node_args())
+        self.nodes.append(node)
+        node.start()
+        self._cli("--cluster", "add-node", f"127.0.0.1:{node.port}", f"127.0.0.1:{self.seed.port}")
+        deadline = time.monotonic() + timeout
+        while not (
+            all(any(n.port == node.port for n in self.topology(p.port)) for p in self.live)
+            and "cluster_state:ok" in str(command(node.port, "CLUSTER", "INFO"))
+        ):  # known to all, and it sees every slot served (else MIGRATE to it is CLUSTERDOWN)
+            if time.monotonic() > deadline:
+                raise ClusterError(f"node {node.port} did not join within {timeout} s")
+            time.sleep(0.05)
+        return node.port
+
+    def reshard(self, from_port: int, to_port: int, slots: int) -> None:
+        """Move ``slots`` slots (the lowest ones of the source) and their keys with
+        ``valkey-cli --cluster reshard``: MIGRATE keeps each key's remaining TTL."""
+        ids = {n.port: n.node_id for n in self.topology()}
+        deadline = time.monotonic() + 15.0
+        while True:  # reshard refuses to start while the nodes disagree about the config
+            try:
+                self._cli(
+                    "--cluster", "reshard", f"127.0.0.1:{self.seed.port}",
+                    "--cluster-from", ids[from_port], "--cluster-to", ids[to_port],
+                    "--cluster-slots", str(slots), "--cluster-yes",
+                )  # fmt: skip
+                return
+            except ClusterError as exc:
+                if "agree about" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _cli(self, *args: str, timeout: float = 60.0) -> None:
+        done = subprocess.run(
+            [self.cli, *args], capture_output=True, stdin=subprocess.DEVNULL,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        if done.returncode != 0 or "[ERR]" in output:
+            raise ClusterError(f"{args[:2]} failed ({done.returncode}): {output[-2000:]}")
+
     _replicas_before_kill: dict[int, list[int]]
 
     def ports(self) -> Iterator[int]:

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from cluster_support import LocalCluster, WholeClusterClient
 from prometheus_client import CollectorRegistry
+from redis.crc import key_slot
 
 from sidecar import CheckpointConfig, Checkpointer, RunContext
+from sidecar.keys import run_keys
 from sidecar.server.cluster_watcher import ClusterExpiryWatcher, node_url, parse_primaries
 
 
@@ -80,3 +82,42 @@ def test_node_url_and_primary_parsing() -> None:
         "e5 10.0.0.5:0@0 master,noaddr - 0 0 4 disconnected",
     ])  # fmt: skip
     assert parse_primaries(text, "seed") == {("10.0.0.1", 7000): "a1", ("seed", 7003): "d4"}
+
+
+async def test_slots_moved_to_a_new_primary_are_watched_there(server_binary: str) -> None:
+    """A primary joins and receives slots with their keys (resharding): the watcher subscribes
+    on it and counts the expiries there, each once (MIGRATE deletes at the source, no event)."""
+    moved_slots = 64
+    with LocalCluster(server_binary, replicas=0) as cluster:
+        source = cluster.primary_ports()[0]
+        first = min(lo for n in cluster.topology() if n.port == source for lo, _ in n.slots)
+        moving = [  # runs whose slot is among the source's lowest slots: reshard moves those
+            c for i in range(60_000)
+            if first <= key_slot(run_keys("mig", "u", f"r{i}").meta.encode()) < first + moved_slots
+            and (c := RunContext(user_id="u", run_id=f"r{i}"))
+        ][:8]  # fmt: skip
+        staying = [RunContext(user_id="u", run_id=f"s{i}") for i in range(12)]
+        assert len(moving) == 8
+        w = ClusterExpiryWatcher(cluster.url, "mig", discovery_interval=0.5, health_interval=0.5)
+        task = asyncio.create_task(w.run())
+        try:
+            await wait_for(w.state.ever_subscribed.is_set, 10, "never subscribed")
+            slow = CheckpointConfig(key_prefix="mig", ttl_seconds=8, budget_ms=2000)
+            async with Checkpointer.from_url(cluster.url, config=slow) as cp:
+                for c in [*moving, *staying]:
+                    assert await cp.manager(c).save_section("s", 1)
+            newcomer = await asyncio.to_thread(cluster.add_primary)
+            await asyncio.to_thread(cluster.reshard, source, newcomer, moved_slots)
+            for c in moving:
+                assert cluster.owner_port(run_keys("mig", "u", c.run_id).meta) == newcomer
+            await wait_for(
+                lambda: ("127.0.0.1", newcomer) in w.primaries, 10, "new primary not watched"
+            )
+            assert w.state.ttl_expiries == 0  # nothing expired yet: moved keys kept their TTL
+            await wait_for(lambda: w.state.ttl_expiries >= 20, 20, "expiries not all counted")
+            await asyncio.sleep(1.0)
+            assert w.state.ttl_expiries == 20  # each once: the moves were deletions, not expiries
+            assert w.state.lease_expiries == 0
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
