@@ -1,20 +1,26 @@
-"""The expiry watcher on a Redis Cluster: one :class:`ExpiryWatcher` loop per primary.
+"""The expiry watcher on a Redis Cluster: one :class:`ExpiryWatcher` loop per node.
 
 Keyspace notifications are local to the node where the key expired (unlike PUBLISH, they are
-not broadcast over the cluster bus), and only a primary expires keys: a replica waits for its
-primary's DEL and emits no ``expired`` event. So the watcher subscribes on every primary and
-on nothing else, and each expiry is counted once, by the one primary that owned the key.
+not broadcast over the cluster bus), and only a primary expires keys: a replica applies its
+primary's DEL and emits no event at all for replicated commands. So each expiry is counted
+once, by the one primary that owned the key, although the watcher subscribes on every node.
+
+Replicas are subscribed too, as standbys: when a primary dies and its replica is promoted,
+the replica's subscription is already there, so the expiries it performs from the moment of its
+promotion are counted; pub/sub has no replay, and waiting for the next discovery to subscribe
+would lose those. Readiness (``state.subscribed``, ``redis_up``, ``expiry_events``) is judged
+on the primaries only: a replica that is down does not make the sidecar unready.
 
 Topology is followed by re-reading ``CLUSTER NODES`` from any reachable node (the URL's node and
-every node seen since): every ``discovery_interval`` seconds, and soon after a node loop loses
-its subscription (a primary died: its replica is promoted and must be subscribed). A node that
-is no longer a primary (demoted, removed, failed) has its loop stopped; its counts are kept.
+every node seen since): every ``discovery_interval`` seconds, and every 0.5 s while a primary's
+loop has lost its subscription. A node that leaves the topology (removed, failed) has its loop
+stopped; its counts are kept.
 
 Shape::
 
     ClusterExpiryWatcher.run()
-      ├── _discover()                 CLUSTER NODES -> primaries (not failed, with an address)
-      ├── ExpiryWatcher(node_url).run() per primary (reconnect loop, SUBSCRIBE, count)
+      ├── _discover()                 CLUSTER NODES -> nodes (not failed, with an address)
+      ├── ExpiryWatcher(node_url).run() per node (reconnect loop, SUBSCRIBE, count)
       └── _refresh()                  sums the node states into ``state`` every 0.1 s
 """
 
@@ -49,25 +55,25 @@ def node_url(cluster_url: str, address: Address) -> str:
     return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def parse_primaries(text: str, fallback_host: str) -> dict[Address, str]:
-    """Primaries in a ``CLUSTER NODES`` reply that can be watched: address -> node id.
+def parse_watchable(text: str, fallback_host: str) -> dict[Address, bool]:
+    """Nodes in a ``CLUSTER NODES`` reply that can be watched: address -> is a primary.
 
-    Failed (``fail``), address-less and handshaking nodes are left out; a primary merely
+    Failed (``fail``), address-less and handshaking nodes are left out; a node merely
     suspected (``fail?``) stays until the cluster agrees it failed.
     """
-    primaries: dict[Address, str] = {}
+    nodes: dict[Address, bool] = {}
     for line in text.splitlines():
         fields = line.split()
         if len(fields) < 8:
             continue
-        node_id, addr, flags = fields[0], fields[1], set(fields[2].split(","))
-        if "master" not in flags or flags & {"fail", "noaddr", "handshake"}:
+        addr, flags = fields[1], set(fields[2].split(","))
+        if flags & {"fail", "noaddr", "handshake"}:
             continue
         host, _, port = addr.split("@")[0].rpartition(":")
         if not port or port == "0":
             continue
-        primaries[(host or fallback_host, int(port))] = node_id
-    return primaries
+        nodes[(host or fallback_host, int(port))] = "master" in flags
+    return nodes
 
 
 class ClusterExpiryWatcher:
@@ -95,6 +101,7 @@ class ClusterExpiryWatcher:
         parts = urlsplit(redis_url)
         self._seeds: list[Address] = [(parts.hostname or "127.0.0.1", parts.port or 6379)]
         self.nodes: dict[Address, ExpiryWatcher] = {}
+        self._is_primary: dict[Address, bool] = {}
         self._tasks: dict[Address, asyncio.Task[None]] = {}
         self._retired = WatcherState()  # counts of loops stopped after a topology change
         self._first: set[Address] | None = None
@@ -106,15 +113,20 @@ class ClusterExpiryWatcher:
 
     @property
     def primaries(self) -> list[Address]:
-        """The primaries watched right now."""
-        return sorted(self.nodes)
+        """The primaries watched right now (as of the last discovery)."""
+        return sorted(a for a in self.nodes if self._is_primary[a])
+
+    @property
+    def replicas(self) -> list[Address]:
+        """The replicas subscribed as standbys right now."""
+        return sorted(a for a in self.nodes if not self._is_primary[a])
 
     async def run(self) -> None:
         try:
             last = -self.discovery_interval
             while True:
                 since = time.monotonic() - last
-                lagging = any(not w.state.subscribed for w in self.nodes.values())
+                lagging = any(not self.nodes[a].state.subscribed for a in self.primaries)
                 if since >= self.discovery_interval or (lagging and since >= 0.5):
                     await self._discover()  # on a timer, and soon after a primary is lost
                     last = time.monotonic()
@@ -130,9 +142,9 @@ class ClusterExpiryWatcher:
             except (RedisError, OSError, TimeoutError) as exc:
                 self.state.last_error = f"{type(exc).__name__}: {exc}"
                 continue
-            primaries = parse_primaries(text, seed[0])
-            if primaries:
-                self._apply(primaries)
+            nodes = parse_watchable(text, seed[0])
+            if any(nodes.values()):
+                self._apply(nodes)
                 return
         self.state.redis_up = False
 
@@ -153,14 +165,22 @@ class ClusterExpiryWatcher:
                 await client.aclose()
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    def _apply(self, primaries: dict[Address, str]) -> None:
-        self._seeds = list(dict.fromkeys([*primaries, *self._seeds]))[:16]
-        for address in [a for a in self.nodes if a not in primaries]:
-            log.info("no longer a primary, stop watching %s:%d", *address)
+    def _apply(self, nodes: dict[Address, bool]) -> None:
+        self._seeds = list(dict.fromkeys([*nodes, *self._seeds]))[:16]
+        for address in [a for a in self.nodes if a not in nodes]:
+            log.info("left the cluster topology, stop watching %s:%d", *address)
             self._retire(address)
-        for address in primaries:
+        for address, is_primary in nodes.items():
+            was = self._is_primary.get(address)
+            self._is_primary[address] = is_primary
+            if was is not None and was != is_primary:
+                role = "primary" if is_primary else "replica"
+                log.info("%s:%d is now a %s (its subscription goes on)", *address, role)
             if address not in self.nodes:
-                log.info("watching expiries on primary %s:%d", *address)
+                log.info(
+                    "watching expiries on %s %s:%d",
+                    "primary" if is_primary else "replica (standby)", *address,
+                )  # fmt: skip
                 watcher = ExpiryWatcher(
                     node_url(self.redis_url, address), self.key_prefix,
                     health_interval=self.health_interval, connect_timeout=self.connect_timeout,
@@ -170,10 +190,11 @@ class ClusterExpiryWatcher:
                     watcher.run(), name=f"expiry-watcher-{address[0]}:{address[1]}"
                 )
         if self._first is None:
-            self._first = set(primaries)
+            self._first = {a for a, is_primary in nodes.items() if is_primary}
 
     def _retire(self, address: Address) -> None:
         watcher = self.nodes.pop(address)
+        self._is_primary.pop(address, None)
         self._tasks.pop(address).cancel()
         for name in ("ttl_expiries", "lease_expiries", "reconnects", "subscriptions"):
             setattr(
@@ -181,12 +202,14 @@ class ClusterExpiryWatcher:
             )
 
     def _refresh(self) -> None:
-        """Aggregate the node states into :attr:`state` (read by /readyz and /metrics)."""
-        state, nodes = self.state, [w.state for w in self.nodes.values()]
+        """Aggregate the node states into :attr:`state` (read by /readyz and /metrics): counts
+        over every node, readiness over the primaries."""
+        state, every = self.state, [w.state for w in self.nodes.values()]
         for name in ("ttl_expiries", "lease_expiries", "reconnects", "subscriptions"):
             setattr(
-                state, name, getattr(self._retired, name) + sum(getattr(n, name) for n in nodes)
+                state, name, getattr(self._retired, name) + sum(getattr(n, name) for n in every)
             )
+        nodes = [self.nodes[a].state for a in self.primaries]
         state.subscribed = bool(nodes) and all(n.subscribed for n in nodes)
         state.redis_up = bool(nodes) and all(n.redis_up for n in nodes)
         confirmed = bool(nodes) and all(n.expiry_events == "confirmed" for n in nodes)

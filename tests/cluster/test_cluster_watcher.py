@@ -1,5 +1,5 @@
-"""The expiry watcher on a cluster: subscribed on every primary (and only primaries), each
-expiry counted once, whatever primary owned the key."""
+"""The expiry watcher on a cluster: subscribed on every primary, and on every replica as a
+standby; each expiry counted once, whatever primary owned the key."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from redis.crc import key_slot
 
 from sidecar import CheckpointConfig, Checkpointer, RunContext
 from sidecar.keys import run_keys
-from sidecar.server.cluster_watcher import ClusterExpiryWatcher, node_url, parse_primaries
+from sidecar.server.cluster_watcher import ClusterExpiryWatcher, node_url, parse_watchable
 
 
 async def wait_for(predicate: Callable[[], bool], within: float, what: str) -> None:
@@ -34,10 +34,16 @@ async def watcher(redis_cluster: LocalCluster) -> AsyncIterator[ClusterExpiryWat
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_subscribed_on_exactly_the_primaries(
+async def test_subscribed_on_the_primaries_and_the_replicas(
     redis_cluster: LocalCluster, watcher: ClusterExpiryWatcher
 ) -> None:
-    assert [port for _, port in watcher.primaries] == redis_cluster.primary_ports()
+    primaries = redis_cluster.primary_ports()
+    replicas = sorted(r for p in primaries for r in redis_cluster.replica_ports_of(p))
+    assert [port for _, port in watcher.primaries] == primaries
+    assert [port for _, port in watcher.replicas] == replicas and len(replicas) == 3
+    await wait_for(
+        lambda: all(w.state.subscribed for w in watcher.nodes.values()), 10, "replicas unsubscribed"
+    )
     assert watcher.state.subscribed and watcher.state.up
     assert watcher.state.expiry_events == "confirmed"
 
@@ -64,7 +70,7 @@ async def test_each_expiry_is_counted_once_across_primaries(
     owners = {redis_cluster.owner_port(cp.manager(c).keys.meta) for c in ctxs}
     assert len(owners) == 3  # the runs live on every primary
     await wait_for(lambda: watcher.state.ttl_expiries >= 30, 15, "expiries not all counted")
-    await asyncio.sleep(1.0)  # replicas and other prefixes must add nothing
+    await asyncio.sleep(1.0)  # replicas (subscribed too) and other prefixes must add nothing
     assert watcher.state.ttl_expiries == 30
     assert watcher.state.lease_expiries == 0
 
@@ -81,7 +87,9 @@ def test_node_url_and_primary_parsing() -> None:
         "d4 :7003@17003 master - 0 0 3 connected 10923-16383",
         "e5 10.0.0.5:0@0 master,noaddr - 0 0 4 disconnected",
     ])  # fmt: skip
-    assert parse_primaries(text, "seed") == {("10.0.0.1", 7000): "a1", ("seed", 7003): "d4"}
+    assert parse_watchable(text, "seed") == {
+        ("10.0.0.1", 7000): True, ("10.0.0.3", 7002): False, ("seed", 7003): True,
+    }  # fmt: skip
 
 
 async def test_slots_moved_to_a_new_primary_are_watched_there(server_binary: str) -> None:

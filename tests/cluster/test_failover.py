@@ -9,8 +9,9 @@ What must hold:
   acknowledged it: Redis replication is asynchronous, see docs/cluster.md) or after the
   promotion is readable afterwards;
 * a run holding its lease across the failover keeps it, and finishes;
-* the expiry watcher, subscribed on every primary, subscribes on the promoted replica and
-  counts the expiries there, each once.
+* the expiry watcher, subscribed on every primary and (as a standby) on every replica, counts
+  the expiries on the promoted replica, each once, including those it performs at the very
+  moment of its promotion (runs on the dead primary whose TTL ran out during the outage).
 
 This test has a cluster of its own (node timeout 1 s, so failover takes ~2 s): it kills a node.
 """
@@ -48,6 +49,28 @@ async def until(predicate: Callable[[], bool], what: str, within: float = 15.0) 
         await asyncio.sleep(0.05)
 
 
+def runs_on(
+    cluster: LocalCluster, cp: Checkpointer, port: int, stem: str, n: int
+) -> list[RunContext]:
+    """The first ``n`` runs ``<stem>-<i>`` whose keys the primary on ``port`` serves."""
+    found = []
+    for i in range(100 * n):
+        ctx = RunContext(user_id="ttl" if stem != "held" else "agent", run_id=f"{stem}-{i}")
+        if cluster.owner_port(cp.manager(ctx).keys.meta) == port:
+            found.append(ctx)
+            if len(found) == n:
+                return found
+    raise AssertionError(f"fewer than {n} {stem} runs on :{port}")
+
+
+async def save_soon(cp: Checkpointer, ctx: RunContext, tries: int = 20) -> None:
+    for _ in range(tries):
+        if await cp.manager(ctx).save_section("s", 1):
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail("saves on the promoted primary never succeeded")
+
+
 def failed_calls(registry: CollectorRegistry, operation: str, outcomes: tuple[str, ...]) -> int:
     return int(
         sum(
@@ -81,15 +104,12 @@ async def test_primary_killed_during_a_workload(failover_cluster: LocalCluster) 
         victim = owners[ctxs[0]]
         on_victim = [c for c in ctxs if owners[c] == victim]
         assert 3 <= len(on_victim) < len(ctxs)
+        gap = runs_on(cluster, short, victim, "gap", 6)
 
         for section in SECTIONS[:2]:  # before the kill: every save confirmed
             for c in ctxs:
                 assert await cp.manager(c).save_section(section, {"run": c.run_id})
-        held_ctx = next(
-            c for i in range(1000)
-            if owners.get(c := RunContext(user_id="agent", run_id=f"held-{i}")) is None
-            and cluster.owner_port(cp.manager(c).keys.meta) == victim
-        )  # fmt: skip
+        [held_ctx] = runs_on(cluster, cp, victim, "held", 1)
         held = cp.run(held_ctx, plan=["a", "b"])  # a run holding its lease across it all
         await held.__aenter__()
         await held.step("a", lambda: "a")
@@ -98,6 +118,17 @@ async def test_primary_killed_during_a_workload(failover_cluster: LocalCluster) 
         for c in doomed:
             assert await short.manager(c).save_section("s", 1)
         await until(lambda: watcher.state.ttl_expiries == len(doomed), "expiries before")
+        await until(
+            lambda: (
+                len(watcher.replicas) == 3
+                and all(watcher.nodes[a].state.subscribed for a in watcher.replicas)
+            ),
+            "replicas not subscribed as standbys",
+        )
+        # TTL 1 s: they expire while their primary is dead (promotion takes > node timeout,
+        # 1 s), so the promoted replica expires them the moment it is promoted
+        for c in gap:
+            assert await short.manager(c).save_section("s", 1)
 
         cluster.wait_caught_up(victim)  # asynchronous replication: see the module docstring
         cluster.kill(victim)
@@ -133,18 +164,10 @@ async def test_primary_killed_during_a_workload(failover_cluster: LocalCluster) 
 
         await until(lambda: ("127.0.0.1", promoted) in watcher.primaries, "promoted unwatched")
         assert ("127.0.0.1", victim) not in watcher.primaries
-        after = [
-            c for i in range(200)
-            if cluster.owner_port(short.manager(c := RunContext(user_id="ttl", run_id=f"after-{i}")).keys.meta) == promoted
-        ][:6]  # fmt: skip
+        after = runs_on(cluster, short, promoted, "after", 6)
         for c in after:  # this client was idle: its first call learns the new topology
-            for _ in range(20):
-                if await short.manager(c).save_section("s", 1):
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail("saves on the promoted primary never succeeded")
-        total = len(doomed) + len(after)
+            await save_soon(short, c)
+        total = len(doomed) + len(gap) + len(after)
         await until(lambda: watcher.state.ttl_expiries >= total, "expiries on the new primary")
         await asyncio.sleep(1.0)
         assert watcher.state.ttl_expiries == total  # each once
