@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cluster_support import ClusterError, LocalCluster
 
 from sidecar.server.embedded import EmbeddedServer, EmbeddedServerError, free_port
 
@@ -143,3 +144,50 @@ def server_acl(
             admin.execute_command(
                 "ACL", "SETUSER", user, *(r for r in rule if r != "+client|setinfo")
             )
+
+
+class TlsCluster(LocalCluster):
+    """A 3 + 3 cluster whose bus, replication and clients speak TLS (``tls-cluster yes``).
+
+    Each node keeps a plain port too, for the fixture's readiness checks and cluster creation;
+    a TLS client is told the TLS ports by CLUSTER SLOTS, so it never uses the plain ones.
+    """
+
+    def __init__(self, binary: str, certs: Certs) -> None:
+        super().__init__(binary)
+        self.certs = certs
+        self.tls_ports: dict[int, int] = {}  # plain port -> TLS port
+
+    def node_args(self) -> tuple[str, ...]:
+        c = self.certs
+        return (
+            *super().node_args(), "--tls-port", str(free_port()), "--tls-cluster", "yes",
+            "--tls-replication", "yes", "--tls-cert-file", str(c.server_cert),
+            "--tls-key-file", str(c.server_key), "--tls-ca-cert-file", str(c.ca),
+            "--tls-auth-clients", "no",
+        )  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> TlsCluster:
+        super().start(timeout)
+        for node in self.nodes:
+            self.tls_ports[node.port] = int(
+                node.extra_args[node.extra_args.index("--tls-port") + 1]
+            )
+        return self
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(server_binary: str, certs: Certs) -> Iterator[TlsCluster]:
+    for binary in _tls_candidates(server_binary):
+        cluster = TlsCluster(binary, certs)
+        try:
+            cluster.start()
+        except (EmbeddedServerError, ClusterError):
+            cluster.stop()
+            continue  # this build has no TLS
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+        return
+    require("a TLS-capable redis-server/valkey-server", "Debian: apt-get install redis-server")

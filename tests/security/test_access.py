@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -15,9 +17,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sidecar import CheckpointConfig, Checkpointer, CheckpointError, RunContext
+from sidecar.server.cluster_watcher import ClusterExpiryWatcher
 from sidecar.server.embedded import EmbeddedServer, free_port
 
-from .conftest import ADMIN_PASSWORD, AGENT_PASSWORD, TlsServer, acl_rule, server_acl
+from .conftest import (
+    ADMIN_PASSWORD,
+    AGENT_PASSWORD,
+    TlsCluster,
+    TlsServer,
+    acl_rule,
+    server_acl,
+)
 
 CTX = RunContext(user_id="alice", run_id="report-1")
 PLAN = ["summary", "data_analysis"]
@@ -189,3 +199,43 @@ async def test_acl_user_on_a_cluster(redis_cluster: LocalCluster) -> None:
             with redis.Redis(port=port) as node:
                 node.acl_deluser("agent")
                 node.acl_log_reset()
+
+
+async def test_tls_cluster_with_acl_user_and_the_expiry_watcher(tls_cluster: TlsCluster) -> None:
+    """Every verb over TLS on a cluster (redis-py learns the nodes' TLS ports from CLUSTER
+    SLOTS), and the sidecar's watcher counting expiries on every primary over TLS."""
+    cluster, ca = tls_cluster, tls_cluster.certs.ca
+    for port in cluster.ports():
+        server_acl(port, [*acl_rule(), *CLUSTER_EXTRA])
+    seed = cluster.tls_ports[cluster.nodes[0].port]
+    url = agent_url(seed, "rediss+cluster") + f"?ssl_ca_certs={ca}"
+    async with Checkpointer.from_url(url, config=config()) as cp:
+        await full_cycle(cp)
+        nodes = cp.store.client.get_nodes()  # type: ignore[union-attr]
+        assert {n.port for n in nodes} <= set(cluster.tls_ports.values())
+        assert {n.connection_class.__name__ for n in nodes} == {"SSLConnection"}
+
+    watcher = ClusterExpiryWatcher(f"rediss+cluster://127.0.0.1:{seed}/0?ssl_ca_certs={ca}", "ckpt")
+    watching = asyncio.create_task(watcher.run())
+    try:
+        await wait_until(watcher.state.ever_subscribed.is_set, "watcher never subscribed")
+        assert [p for _, p in watcher.primaries] == sorted(
+            cluster.tls_ports[p] for p in cluster.primary_ports()
+        )
+        short = config(ttl_seconds=1)
+        ctxs = [RunContext(user_id="tls", run_id=f"r{i}") for i in range(9)]
+        async with Checkpointer.from_url(url, config=short) as cp:
+            for ctx in ctxs:
+                assert await cp.manager(ctx).save_section("s", 1)
+        await wait_until(lambda: watcher.state.ttl_expiries >= len(ctxs), "expiries not counted")
+        assert watcher.state.ttl_expiries == len(ctxs)
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
