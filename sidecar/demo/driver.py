@@ -259,8 +259,8 @@ class Demo:
                         board.example_result, board.example_label = result, plan.label
                 await self._say(
                     plan.label,
-                    f"done: {result['resumed_sections']} sections restored, "
-                    f"{len(result['report']) - result['resumed_sections']} produced",
+                    f"done: {result['resumed_sections']} of {len(result['report'])} sections "
+                    f"restored, {len(result['report']) - result['resumed_sections']} produced",
                 )
                 return
             if not plan.retried:
