@@ -121,6 +121,22 @@ class Checkpointer:
 
         return ResumableRun(self.manager(ctx), plan)
 
+    async def connect(self, wait_s: float = 5.0) -> None:
+        """Reach Redis now, outside any checkpoint's budget. Optional.
+
+        Without it, the first checkpoint call opens the connection (and, on a cluster, discovers
+        the nodes) inside its own budget: about 100 ms for a TLS cluster here, enough for the
+        very first call to time out. Call it at start-up to pay that once, and to fail fast:
+        raises :class:`CheckpointUnavailable` (unreachable, refused) or
+        :class:`CheckpointTimeout` (no answer within ``wait_s`` seconds). Either way the
+        Checkpointer stays usable; later calls keep trying, best effort.
+        """
+        try:
+            async with asyncio.timeout(wait_s):
+                await self.store.connect()
+        except TimeoutError as exc:
+            raise CheckpointTimeout(f"connect: no answer from Redis within {wait_s:g} s") from exc
+
     async def aclose(self) -> None:
         """Wait briefly for pending async listeners, then close an owned client."""
         if self._pending:

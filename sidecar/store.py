@@ -158,6 +158,15 @@ class Store:
             await self._ready()
             return int(await self.client.unlink(*keys))
 
+    async def connect(self) -> None:
+        """Discover a cluster and open a connection to every primary (one PING each)."""
+        with mapped_errors("connect"):
+            await self._ready()
+            if isinstance(self.client, RedisCluster):
+                await self.client.execute_command("PING", target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self.client.ping()
+
     async def ping(self) -> bool:
         with mapped_errors("ping"):
             await self._ready()

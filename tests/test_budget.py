@@ -11,7 +11,9 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis.asyncio.cluster import RedisCluster
 
 from sidecar import (
     CheckpointConfig,
@@ -270,3 +272,41 @@ async def test_circuit_gauge_drops_when_the_cooldown_ends_even_without_calls(
         assert cp.breaker.is_open  # still open: the next call is the probe
         await cp.manager(CTX).has_checkpoints()  # the probe fails: skipping again
         assert registry.get_sample_value("checkpoint_circuit_open") == 1
+
+
+async def test_connect_opens_a_connection_to_every_primary(redis_url: str, backend: str) -> None:
+    """connect() pays the connection (and a cluster's discovery) up front, outside any budget."""
+    async with Checkpointer.from_url(redis_url) as cp:
+        await cp.connect()
+        client = cp.store.client
+        if backend == "cluster":
+            assert isinstance(client, RedisCluster)
+            primaries = client.get_primaries()
+            assert len(primaries) == 3
+            assert all(node._connections for node in primaries)  # one PING each
+        else:
+            assert isinstance(client, aioredis.Redis)
+            assert client.connection_pool._available_connections  # the PING's, back in the pool
+        assert await cp.manager(CTX).save_section("summary", 1)
+        await cp.manager(CTX).cleanup()
+
+
+async def test_connect_fails_fast_when_redis_is_unreachable() -> None:
+    from sidecar.server.embedded import free_port
+
+    async with Checkpointer.from_url(f"redis://127.0.0.1:{free_port()}/0") as cp:
+        with pytest.raises(CheckpointUnavailable, match="connect: Redis unreachable"):
+            await cp.connect()
+        assert await cp.manager(CTX).save_section("summary", 1) is False  # still usable
+
+
+async def test_connect_gives_up_after_its_wait_on_a_frozen_server(
+    frozen_setup: tuple[EmbeddedServer, CollectorRegistry],
+) -> None:
+    server, _ = frozen_setup
+    async with Checkpointer.from_url(server.url) as cp:
+        server.pause()
+        started = time.monotonic()
+        with pytest.raises(CheckpointTimeout, match=r"within 0\.3 s"):
+            await cp.connect(wait_s=0.3)
+        assert time.monotonic() - started < 0.3 + SLACK_S

@@ -210,6 +210,9 @@ async def test_tls_cluster_with_acl_user_and_the_expiry_watcher(tls_cluster: Tls
     seed = cluster.tls_ports[cluster.nodes[0].port]
     url = agent_url(seed, "rediss+cluster") + f"?ssl_ca_certs={ca}"
     async with Checkpointer.from_url(url, config=config()) as cp:
+        await cp.connect()  # discovery and a TLS handshake per primary, outside any budget
+        primaries = cp.store.client.get_primaries()  # type: ignore[union-attr]
+        assert all(node._connections for node in primaries)
         await full_cycle(cp)
         nodes = cp.store.client.get_nodes()  # type: ignore[union-attr]
         assert {n.port for n in nodes} <= set(cluster.tls_ports.values())
