@@ -85,7 +85,7 @@ class Sidecar:
         self.host = host
         self.connect_timeout = connect_timeout
         self.watcher: ExpiryWatcher | ClusterExpiryWatcher
-        if config.is_cluster:  # redis+cluster://: one subscription per primary
+        if config.is_cluster:  # redis+cluster://: a subscription per node, replicas as standbys
             self.watcher = ClusterExpiryWatcher(
                 config.redis_url, config.key_prefix, health_interval=health_interval
             )
