@@ -58,8 +58,8 @@ def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
     where.add_argument(
         "--redis-url",
         metavar="URL",
-        help="Redis to watch: redis://[user:password@]host:port/db, rediss://, unix:// "
-        "(env SIDECAR_REDIS_URL)",
+        help="Redis to watch: redis://[user:password@]host:port/db, rediss://, unix://, or "
+        "redis+cluster:// / rediss+cluster:// for every node of a cluster (env SIDECAR_REDIS_URL)",
     )
     where.add_argument(
         "--embedded",
