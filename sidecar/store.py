@@ -85,8 +85,7 @@ class Store:
 
     def __init__(self, client: RedisClient) -> None:
         self.client = client
-        self.is_cluster = isinstance(client, RedisCluster)
-        self._discover = self.is_cluster
+        self._discover = isinstance(client, RedisCluster)
         self._discovery = asyncio.Lock()
 
     def slot(self, key: str) -> int | None:
@@ -95,13 +94,13 @@ class Store:
             return self.client.keyslot(key)
         return None
 
-    def shard(self, slot: int | None) -> str:
+    def shard(self, slot: int) -> str:
         """Name (host:port) of the primary serving ``slot`` now, as the client last learned it.
 
         "" on a single server, and on a cluster before discovery or while a slot is uncovered.
         A failover changes the answer once the client has learned the new topology.
         """
-        if slot is None or not isinstance(self.client, RedisCluster):
+        if not isinstance(self.client, RedisCluster):
             return ""
         try:
             return str(self.client.nodes_manager.get_node_from_slot(slot).name)
