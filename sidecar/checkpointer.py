@@ -32,7 +32,7 @@ from sidecar.errors import (
     CheckpointUnavailable,
 )
 from sidecar.models import CheckpointEvent, ContextLike
-from sidecar.store import RedisClient, Store, build_client, server_address
+from sidecar.store import RedisClient, Store, build_client, drops_cancellations, server_address
 from sidecar.telemetry import Instrumentation
 
 if TYPE_CHECKING:
@@ -65,6 +65,13 @@ class Checkpointer:
     ) -> None:
         self.config = config if config is not None else CheckpointConfig()
         self.store = Store(redis)
+        if drops_cancellations(redis):
+            logger.warning(
+                "this Redis client has a socket timeout, so redis-py sends through "
+                "asyncio.wait_for, which on Python 3.11 can drop a cancellation: the budget or "
+                "your task.cancel() may then be lost. Build it with socket_timeout=None (the "
+                "budget bounds every call), or use Checkpointer.from_url"
+            )
         self._close_client = close_client
         self.telemetry = Instrumentation(
             registry=registry,

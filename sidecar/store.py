@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
 
@@ -57,14 +58,35 @@ def mapped_errors(operation: str) -> Iterator[None]:
 
 
 def build_client(url: str, *, cluster: bool = False) -> RedisClient:
-    """A client whose own retries are off: the overhead budget, not redis-py, decides when to
-    give up, and "unreachable" stays "unreachable" instead of turning into "timed out"."""
+    """A client whose own retries and socket timeout are off: the overhead budget, not redis-py,
+    decides when to give up, and "unreachable" stays "unreachable" instead of "timed out".
+
+    ``socket_timeout=None`` matters beyond that: with a socket timeout (redis-py 8 defaults to
+    5 s) redis-py wraps every send in ``asyncio.wait_for``, which on Python 3.11 drops a
+    cancellation that lands as the send completes, so the budget's timeout, or the caller's
+    own ``task.cancel()``, could be lost (see :func:`drops_cancellations`).
+    """
     if cluster:
         url = url.replace("redis+cluster://", "redis://", 1).replace(
             "rediss+cluster://", "rediss://", 1
         )
-        return RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0))
-    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        return RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=None)
+    return aioredis.Redis.from_url(
+        url, retry=Retry(NoBackoff(), 0), health_check_interval=0, socket_timeout=None
+    )
+
+
+def drops_cancellations(client: RedisClient) -> bool:
+    """Whether this client's sends go through ``asyncio.wait_for`` on a Python (< 3.12) whose
+    ``wait_for`` can swallow a cancellation: true when a socket timeout is set."""
+    if sys.version_info >= (3, 12):
+        return False
+    if isinstance(client, RedisCluster):
+        kwargs = client.connection_kwargs
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+    # absent: the connection's own default applies, 5 s in redis-py 8
+    return "socket_timeout" not in kwargs or kwargs["socket_timeout"] is not None
 
 
 def server_address(client: RedisClient) -> tuple[str, int]:

@@ -138,9 +138,11 @@ async def redis_client(redis_url: str, backend: str) -> AsyncIterator[aioredis.R
     """A plain client to the session server (or cluster), with an empty keyspace."""
     client: aioredis.Redis
     if backend == "cluster":
-        client = WholeClusterClient.from_url(redis_url.replace("redis+cluster://", "redis://"))
+        client = WholeClusterClient.from_url(
+            redis_url.replace("redis+cluster://", "redis://"), socket_timeout=None
+        )
     else:
-        client = aioredis.Redis.from_url(redis_url)
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)  # as the README says
     await client.flushall()
     yield client
     await client.aclose()

@@ -7,6 +7,8 @@ that a call on a frozen server returns at all, and soon, instead of hanging.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -310,3 +312,14 @@ async def test_connect_gives_up_after_its_wait_on_a_frozen_server(
         with pytest.raises(CheckpointTimeout, match=r"within 0\.3 s"):
             await cp.connect(wait_s=0.3)
         assert time.monotonic() - started < 0.3 + SLACK_S
+
+
+def test_a_client_with_a_socket_timeout_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """redis-py sends through asyncio.wait_for when a socket timeout is set (its default: 5 s),
+    and on Python 3.11 wait_for can drop a cancellation; the Checkpointer says so."""
+    with caplog.at_level(logging.WARNING, logger="sidecar"):
+        Checkpointer(aioredis.Redis(port=1), registry=CollectorRegistry())
+        Checkpointer(aioredis.Redis(port=1, socket_timeout=None), registry=CollectorRegistry())
+        Checkpointer.from_url("redis://127.0.0.1:1/0", registry=CollectorRegistry())
+    warned = [r for r in caplog.records if "socket timeout" in r.getMessage()]
+    assert len(warned) == (1 if sys.version_info < (3, 12) else 0)

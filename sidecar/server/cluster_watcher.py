@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sidecar.keys import validate_prefix
-from sidecar.server.watcher import ExpiryWatcher, WatcherState
+from sidecar.server.watcher import ExpiryWatcher, WatcherState, close_quietly
 
 log = logging.getLogger("sidecar.watcher")
 
@@ -153,16 +153,16 @@ class ClusterExpiryWatcher:
             node_url(self.redis_url, address),
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=self.connect_timeout,
-            socket_timeout=self.connect_timeout,
+            socket_timeout=None,  # see ExpiryWatcher._client
             client_name="checkpoint-sidecar-watcher",
         )
         try:
-            reply: object = await client.execute_command(  # type: ignore[no-untyped-call]
-                "CLUSTER", "NODES"
-            )
+            async with asyncio.timeout(self.connect_timeout):
+                reply: object = await client.execute_command(  # type: ignore[no-untyped-call]
+                    "CLUSTER", "NODES"
+                )
         finally:
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+            await asyncio.shield(close_quietly(client))
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def _apply(self, nodes: dict[Address, bool]) -> None:

@@ -34,7 +34,7 @@ from sidecar.config import CheckpointConfig, redact_url
 from sidecar.server.app import make_app
 from sidecar.server.cluster_watcher import ClusterExpiryWatcher
 from sidecar.server.metrics import build_registry
-from sidecar.server.watcher import ExpiryWatcher, WatcherState
+from sidecar.server.watcher import ExpiryWatcher, WatcherState, close_quietly
 
 log = logging.getLogger("sidecar.server")
 
@@ -209,7 +209,8 @@ class Sidecar:
                     f"{self.connect_timeout:g} s: {state.last_error}"
                 )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.ever_subscribed.wait(), 0.05)
+                async with asyncio.timeout(0.05):  # asyncio.wait_for can drop a cancel on 3.11
+                    await state.ever_subscribed.wait()
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; raises if the HTTP server or the watcher died."""
@@ -233,7 +234,8 @@ class Sidecar:
         if self._server is not None and self._server_task is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._server_task), timeout=3.0)
+                async with asyncio.timeout(3.0):
+                    await asyncio.shield(self._server_task)
             if not self._server_task.done():
                 self._server.force_exit = True
                 self._server_task.cancel()
@@ -284,18 +286,18 @@ async def wait_for_redis(url: str, wait_seconds: float) -> None:
     last = "no attempt"
     while True:
         client = aioredis.Redis.from_url(
-            url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0, socket_timeout=2.0
+            url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0, socket_timeout=None
         )
         try:
-            await client.ping()
+            async with asyncio.timeout(2.0):  # not a socket timeout: see ExpiryWatcher._client
+                await client.ping()
             return
         except (AuthenticationError, ResponseError) as exc:
             raise SidecarStartError(f"Redis at {redact_url(url)} refused us: {exc}") from None
         except (RedisError, OSError) as exc:
             last = str(exc) or type(exc).__name__
         finally:
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+            await asyncio.shield(close_quietly(client))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise SidecarStartError(

@@ -57,6 +57,14 @@ def with_expiry_flags(flags: str) -> str:
     return flags + needs_expiry_flags(flags)
 
 
+async def close_quietly(*closables: Any) -> None:
+    """``aclose()`` each redis-py client or pubsub, ignoring connection errors; callers shield
+    it from cancellation so that a cancelled task still closes its sockets."""
+    for closable in closables:
+        with contextlib.suppress(RedisError, OSError):
+            await closable.aclose()
+
+
 async def ensure_expiry_events(client: aioredis.Redis) -> tuple[bool, str]:
     """Read ``notify-keyspace-events`` and add ``E``/``x`` if missing.
 
@@ -149,12 +157,15 @@ class ExpiryWatcher:
         self._last_logged: str | None = None
 
     def _client(self, url: str) -> aioredis.Redis:
-        # redis-py's own retries are off: this loop owns reconnection and its backoff.
+        # redis-py's own retries are off: this loop owns reconnection and its backoff. No
+        # socket timeout (redis-py 8 defaults to 5 s): with one, redis-py wraps every send in
+        # asyncio.wait_for, which on Python 3.11 can drop a cancellation, and the watcher then
+        # outlives its task.cancel(). Commands are bounded with asyncio.timeout here instead.
         return aioredis.Redis.from_url(
             url,
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=self.connect_timeout,
-            socket_timeout=max(self.connect_timeout, self.health_interval * 2),
+            socket_timeout=None,
             health_check_interval=0,
             client_name="checkpoint-sidecar-watcher",
         )
@@ -204,26 +215,31 @@ class ExpiryWatcher:
         client = self._client(url)
         pubsub = client.pubsub()
         try:
-            await client.ping()
+            async with asyncio.timeout(self.connect_timeout):  # TimeoutError is an OSError
+                await client.ping()
             self.state.redis_up = True
             await self._check_events(client, url)
             db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
             channel = f"__keyevent@{db}__:expired"
-            await pubsub.subscribe(channel)
+            async with asyncio.timeout(self.connect_timeout):
+                await pubsub.subscribe(channel)
             await self._read(pubsub, client, url, channel, reconnect=reconnect)
         finally:
             self.state.subscribed = False
-            if pubsub.connection is not None and pubsub.connection.is_connected:
-                with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-                    async with asyncio.timeout(0.5):
-                        await pubsub.unsubscribe()
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+            # shielded: a cancel that lands during the clean-up must not leave sockets open
+            await asyncio.shield(self._end_session(pubsub, client))
+
+    @staticmethod
+    async def _end_session(pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:
+        if pubsub.connection is not None and pubsub.connection.is_connected:
+            with contextlib.suppress(RedisError, OSError):  # OSError covers TimeoutError
+                async with asyncio.timeout(0.5):
+                    await pubsub.unsubscribe()
+        await close_quietly(pubsub, client)
 
     async def _check_events(self, client: aioredis.Redis, url: str) -> None:
-        confirmed, detail = await ensure_expiry_events(client)
+        async with asyncio.timeout(self.connect_timeout):
+            confirmed, detail = await ensure_expiry_events(client)
         self.state.expiry_events = "confirmed" if confirmed else "unconfirmed"
         if confirmed:
             self._warned_events = False
@@ -258,7 +274,8 @@ class ExpiryWatcher:
                 if ping_sent is not None and now - ping_sent > self.health_interval * 2:
                     raise ConnectionError("no answer to PING on the subscription")
                 if ping_sent is None:
-                    await pubsub.ping()
+                    async with asyncio.timeout(self.connect_timeout):
+                        await pubsub.ping()
                     ping_sent = now
                 if now >= next_config_check:
                     next_config_check = now + self.config_check_interval

@@ -12,6 +12,6 @@ from cluster_support import LocalCluster, WholeClusterClient
 async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[WholeClusterClient]:
     """A cluster client on the session cluster, every primary flushed."""
     redis_cluster.flushall()
-    client = WholeClusterClient.from_url(redis_cluster.startup_url)
+    client = WholeClusterClient.from_url(redis_cluster.startup_url, socket_timeout=None)
     yield client
     await client.aclose()
