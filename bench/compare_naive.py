@@ -197,7 +197,9 @@ async def compare(
     url: str, sizes: list[int], runs: int, lost_runs: int, observe_s: float
 ) -> dict[str, Any]:
     admin = aioredis.Redis.from_url(url)
-    naive_client = aioredis.Redis.from_url(url, decode_responses=True)
+    # the same transport settings as the library's client (no socket timeout: redis-py would
+    # otherwise send through asyncio.wait_for, ~a task per send), so only the designs differ
+    naive_client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=None)
     registry = CollectorRegistry()
     config = CheckpointConfig(key_prefix="ckpt", budget_ms=1000, ttl_seconds=3600)
     cp = Checkpointer.from_url(url, config=config, registry=registry)
