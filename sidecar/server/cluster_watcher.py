@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sidecar.keys import validate_prefix
-from sidecar.server.watcher import ExpiryWatcher, WatcherState, close_quietly
+from sidecar.server.watcher import ExpiryWatcher, WatcherState, close_quietly, run_to_end
 
 log = logging.getLogger("sidecar.watcher")
 
@@ -162,7 +162,7 @@ class ClusterExpiryWatcher:
                     "CLUSTER", "NODES"
                 )
         finally:
-            await asyncio.shield(close_quietly(client))
+            await run_to_end(close_quietly(client))
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def _apply(self, nodes: dict[Address, bool]) -> None:

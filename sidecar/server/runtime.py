@@ -34,7 +34,7 @@ from sidecar.config import CheckpointConfig, redact_url
 from sidecar.server.app import make_app
 from sidecar.server.cluster_watcher import ClusterExpiryWatcher
 from sidecar.server.metrics import build_registry
-from sidecar.server.watcher import ExpiryWatcher, WatcherState, close_quietly
+from sidecar.server.watcher import ExpiryWatcher, WatcherState, close_quietly, run_to_end
 
 log = logging.getLogger("sidecar.server")
 
@@ -297,7 +297,7 @@ async def wait_for_redis(url: str, wait_seconds: float) -> None:
         except (RedisError, OSError) as exc:
             last = str(exc) or type(exc).__name__
         finally:
-            await asyncio.shield(close_quietly(client))
+            await run_to_end(close_quietly(client))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise SidecarStartError(

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -58,11 +59,26 @@ def with_expiry_flags(flags: str) -> str:
 
 
 async def close_quietly(*closables: Any) -> None:
-    """``aclose()`` each redis-py client or pubsub, ignoring connection errors; callers shield
-    it from cancellation so that a cancelled task still closes its sockets."""
+    """``aclose()`` each redis-py client or pubsub, ignoring connection errors; callers run it
+    through :func:`run_to_end` so that a cancelled task still closes its sockets."""
     for closable in closables:
         with contextlib.suppress(RedisError, OSError):
             await closable.aclose()
+
+
+async def run_to_end(cleanup: Awaitable[None]) -> None:
+    """Await ``cleanup`` to its end even when the task is cancelled meanwhile, then re-raise.
+
+    Shielding alone lets the cancelled task finish first; the clean-up would then still be
+    running when its owner stops the event loop, and be cut there, leaving sockets open. The
+    clean-ups passed here are bounded by their own timeouts; a second cancel still interrupts.
+    """
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 async def ensure_expiry_events(client: aioredis.Redis) -> tuple[bool, str]:
@@ -226,8 +242,8 @@ class ExpiryWatcher:
             await self._read(pubsub, client, url, channel, reconnect=reconnect)
         finally:
             self.state.subscribed = False
-            # shielded: a cancel that lands during the clean-up must not leave sockets open
-            await asyncio.shield(self._end_session(pubsub, client))
+            # a cancel that lands during the clean-up must not leave sockets open
+            await run_to_end(self._end_session(pubsub, client))
 
     @staticmethod
     async def _end_session(pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:

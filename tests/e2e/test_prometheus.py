@@ -63,7 +63,10 @@ def _config(url: str, **overrides: Any) -> CheckpointConfig:
         "redis_url": url,
         "budget_ms": DEFAULT_BUDGET_MS,
         "breaker_failures": 5,
-        "breaker_cooldown_s": 0.5,
+        # longer than the 1 s scrape interval: an opening holds checkpoint_circuit_open at 1
+        # for a whole cooldown, so at least one scrape sees it (with 0.5 s, two openings could
+        # both fall between scrapes: seen once in CI)
+        "breaker_cooldown_s": 1.5,
         "lease_ttl_seconds": 5,
     }
     return CheckpointConfig(**{**base, **overrides})
