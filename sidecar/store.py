@@ -196,3 +196,21 @@ class Store:
     async def aclose(self) -> None:
         with contextlib.suppress(rexc.RedisError, OSError):
             await self.client.aclose()
+        if isinstance(self.client, RedisCluster):
+            await _settle_cluster_background(self.client)
+
+
+async def _settle_cluster_background(client: RedisCluster, wait_s: float = 1.0) -> None:
+    """Wait for the disconnects redis-py's cluster client starts in the background.
+
+    After a topology refresh it closes old connections in fire-and-forget tasks (on the nodes
+    manager and on each node). If the event loop stops before they finish, their sockets stay
+    open until garbage collection; closing a Checkpointer waits for them, briefly.
+    """
+    manager = client.nodes_manager
+    holders = [manager, *manager.nodes_cache.values(), *manager.startup_nodes.values()]
+    pending = {
+        task for holder in holders for task in getattr(holder, "_background_tasks", ()) or ()
+    }
+    if pending:
+        await asyncio.wait(pending, timeout=wait_s)
