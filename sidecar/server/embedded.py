@@ -86,6 +86,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return chosen
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class EmbeddedServer:
     """One ``valkey-server`` child process; a context manager that stops it on exit."""
 
@@ -156,13 +168,8 @@ class EmbeddedServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, timeout)
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
-from sidecar.server.embedded import free_port
+from sidecar.server.embedded import free_port, stop_process
 
 
 class PrometheusProcess:
@@ -69,13 +69,8 @@ class PrometheusProcess:
         raise RuntimeError(f"prometheus not ready in {timeout}s: {self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.server.embedded import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
@@ -142,13 +144,8 @@ class SidecarProcess:
 
     def kill(self) -> None:
         """SIGTERM first (so an embedded server is stopped too), SIGKILL if that hangs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def serve_args(redis_url: str, prefix: str, *extra: str) -> list[str]:
