@@ -194,10 +194,25 @@ class Store:
             return bool(await self.client.ping())
 
     async def aclose(self) -> None:
-        with contextlib.suppress(rexc.RedisError, OSError):
-            await self.client.aclose()
-        if isinstance(self.client, RedisCluster):
-            await _settle_cluster_background(self.client)
+        await close_client(self.client)
+
+
+async def close_client(client: RedisClient) -> None:
+    """Close ``client`` and every connection it holds, whatever state redis-py left it in.
+
+    redis-py's ``RedisCluster.aclose()`` does nothing while the client is flagged for
+    re-discovery, and the first ConnectionError a command meets sets that flag: a cluster
+    client closed after an outage kept every socket open, until garbage collection reported
+    them unclosed. Here each node's connections are closed explicitly.
+    """
+    with contextlib.suppress(rexc.RedisError, OSError):
+        await client.aclose()
+    if isinstance(client, RedisCluster):
+        manager = client.nodes_manager
+        for nodes in ("nodes_cache", "startup_nodes"):
+            with contextlib.suppress(rexc.RedisError, OSError):
+                await manager.aclose(nodes)
+        await _settle_cluster_background(client)
 
 
 async def _settle_cluster_background(client: RedisCluster, wait_s: float = 1.0) -> None:

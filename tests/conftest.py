@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import CheckpointConfig, Checkpointer
 from sidecar.server.embedded import EmbeddedServer, find_server_binary
+from sidecar.store import close_client
 
 BACKENDS = ("standalone", "cluster")
 CORE_DIR = Path(__file__).parent
@@ -145,7 +146,7 @@ async def redis_client(redis_url: str, backend: str) -> AsyncIterator[aioredis.R
         client = aioredis.Redis.from_url(redis_url, socket_timeout=None)  # as the README says
     await client.flushall()
     yield client
-    await client.aclose()
+    await close_client(client)
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from cluster_support import LocalCluster, WholeClusterClient
 
+from sidecar.store import close_client
+
 
 @pytest.fixture
 async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[WholeClusterClient]:
@@ -14,4 +16,4 @@ async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[WholeClus
     redis_cluster.flushall()
     client = WholeClusterClient.from_url(redis_cluster.startup_url, socket_timeout=None)
     yield client
-    await client.aclose()
+    await close_client(client)
