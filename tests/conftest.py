@@ -39,6 +39,9 @@ from sidecar import CheckpointConfig, Checkpointer
 from sidecar.server.embedded import EmbeddedServer, find_server_binary
 from sidecar.store import close_client
 
+# socket_leaks: a test that leaves a socket open fails itself, with the stack that opened it
+pytest_plugins = ["socket_leaks", "pytester"]
+
 BACKENDS = ("standalone", "cluster")
 CORE_DIR = Path(__file__).parent
 
