@@ -32,13 +32,11 @@ import logging
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sidecar.keys import validate_prefix
-from sidecar.server.watcher import ExpiryWatcher, WatcherState, close_quietly, run_to_end
+from sidecar.server.clients import OwnedSockets, run_to_end, sidecar_client
+from sidecar.server.watcher import CLIENT_NAME, ExpiryWatcher, WatcherState
 
 log = logging.getLogger("sidecar.watcher")
 
@@ -149,20 +147,18 @@ class ClusterExpiryWatcher:
         self.state.redis_up = False
 
     async def _cluster_nodes(self, address: Address) -> str:
-        client = aioredis.Redis.from_url(
-            node_url(self.redis_url, address),
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=self.connect_timeout,
-            socket_timeout=None,  # see ExpiryWatcher._client
-            client_name="checkpoint-sidecar-watcher",
-        )
+        sockets = OwnedSockets()
+        client = sidecar_client(
+            node_url(self.redis_url, address), sockets,
+            connect_timeout=self.connect_timeout, client_name=CLIENT_NAME,
+        )  # fmt: skip
         try:
             async with asyncio.timeout(self.connect_timeout):
                 reply: object = await client.execute_command(  # type: ignore[no-untyped-call]
                     "CLUSTER", "NODES"
                 )
         finally:
-            await run_to_end(close_quietly(client))
+            await run_to_end(sockets.close(client))
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def _apply(self, nodes: dict[Address, bool]) -> None:

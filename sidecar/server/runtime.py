@@ -23,18 +23,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import redis.asyncio as aioredis
 import uvicorn
 from prometheus_client import CollectorRegistry
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from sidecar.config import CheckpointConfig, redact_url
 from sidecar.server.app import make_app
+from sidecar.server.clients import OwnedSockets, run_to_end, sidecar_client
 from sidecar.server.cluster_watcher import ClusterExpiryWatcher
 from sidecar.server.metrics import build_registry
-from sidecar.server.watcher import ExpiryWatcher, WatcherState, close_quietly, run_to_end
+from sidecar.server.watcher import ExpiryWatcher, WatcherState
 
 log = logging.getLogger("sidecar.server")
 
@@ -285,11 +283,10 @@ async def wait_for_redis(url: str, wait_seconds: float) -> None:
     delay = 0.1
     last = "no attempt"
     while True:
-        client = aioredis.Redis.from_url(
-            url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0, socket_timeout=None
-        )
+        sockets = OwnedSockets()
+        client = sidecar_client(url, sockets, connect_timeout=2.0)
         try:
-            async with asyncio.timeout(2.0):  # not a socket timeout: see ExpiryWatcher._client
+            async with asyncio.timeout(2.0):  # not a socket timeout: see server/clients.py
                 await client.ping()
             return
         except (AuthenticationError, ResponseError) as exc:
@@ -297,7 +294,7 @@ async def wait_for_redis(url: str, wait_seconds: float) -> None:
         except (RedisError, OSError) as exc:
             last = str(exc) or type(exc).__name__
         finally:
-            await run_to_end(close_quietly(client))
+            await run_to_end(sockets.close(client))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise SidecarStartError(

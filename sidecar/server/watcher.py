@@ -22,21 +22,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from sidecar.config import redact_url
 from sidecar.keys import parse_key, validate_prefix
+from sidecar.server.clients import OwnedSockets, run_to_end, sidecar_client
 
 log = logging.getLogger("sidecar.watcher")
 
 NOTIFY_SETTING: Final = "notify-keyspace-events"
+CLIENT_NAME: Final = "checkpoint-sidecar-watcher"
 OPERATOR_HINT: Final = (
     "set notify-keyspace-events to include E and x on the server, keeping the flags already "
     "there (for example CONFIG SET notify-keyspace-events Ex when it is empty; on managed Redis "
@@ -56,29 +55,6 @@ def needs_expiry_flags(flags: str) -> str:
 def with_expiry_flags(flags: str) -> str:
     """``flags`` with ``E`` and ``x`` added; every flag already set is kept."""
     return flags + needs_expiry_flags(flags)
-
-
-async def close_quietly(*closables: Any) -> None:
-    """``aclose()`` each redis-py client or pubsub, ignoring connection errors; callers run it
-    through :func:`run_to_end` so that a cancelled task still closes its sockets."""
-    for closable in closables:
-        with contextlib.suppress(RedisError, OSError):
-            await closable.aclose()
-
-
-async def run_to_end(cleanup: Awaitable[None]) -> None:
-    """Await ``cleanup`` to its end even when the task is cancelled meanwhile, then re-raise.
-
-    Shielding alone lets the cancelled task finish first; the clean-up would then still be
-    running when its owner stops the event loop, and be cut there, leaving sockets open. The
-    clean-ups passed here are bounded by their own timeouts; a second cancel still interrupts.
-    """
-    task = asyncio.ensure_future(cleanup)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
 
 
 async def ensure_expiry_events(client: aioredis.Redis) -> tuple[bool, str]:
@@ -172,20 +148,6 @@ class ExpiryWatcher:
         self._warned_events = False
         self._last_logged: str | None = None
 
-    def _client(self, url: str) -> aioredis.Redis:
-        # redis-py's own retries are off: this loop owns reconnection and its backoff. No
-        # socket timeout (redis-py 8 defaults to 5 s): with one, redis-py wraps every send in
-        # asyncio.wait_for, which on Python 3.11 can drop a cancellation, and the watcher then
-        # outlives its task.cancel(). Commands are bounded with asyncio.timeout here instead.
-        return aioredis.Redis.from_url(
-            url,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=self.connect_timeout,
-            socket_timeout=None,
-            health_check_interval=0,
-            client_name="checkpoint-sidecar-watcher",
-        )
-
     async def run(self) -> None:
         """Watch until cancelled (a single node; cluster would run one loop per primary)."""
         await self._node_loop(self.redis_url)
@@ -228,7 +190,10 @@ class ExpiryWatcher:
         )
 
     async def _session(self, url: str, *, reconnect: bool) -> None:
-        client = self._client(url)
+        sockets = OwnedSockets()
+        client = sidecar_client(
+            url, sockets, connect_timeout=self.connect_timeout, client_name=CLIENT_NAME
+        )
         pubsub = client.pubsub()
         try:
             async with asyncio.timeout(self.connect_timeout):  # TimeoutError is an OSError
@@ -243,15 +208,17 @@ class ExpiryWatcher:
         finally:
             self.state.subscribed = False
             # a cancel that lands during the clean-up must not leave sockets open
-            await run_to_end(self._end_session(pubsub, client))
+            await run_to_end(self._end_session(pubsub, client, sockets))
 
     @staticmethod
-    async def _end_session(pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:
+    async def _end_session(
+        pubsub: aioredis.client.PubSub, client: aioredis.Redis, sockets: OwnedSockets
+    ) -> None:
         if pubsub.connection is not None and pubsub.connection.is_connected:
             with contextlib.suppress(RedisError, OSError):  # OSError covers TimeoutError
                 async with asyncio.timeout(0.5):
                     await pubsub.unsubscribe()
-        await close_quietly(pubsub, client)
+        await sockets.close(pubsub, client)
 
     async def _check_events(self, client: aioredis.Redis, url: str) -> None:
         async with asyncio.timeout(self.connect_timeout):

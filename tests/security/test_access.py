@@ -15,10 +15,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
+from socket_leaks import is_open, open_transports
 
 from sidecar import CheckpointConfig, Checkpointer, CheckpointError, RunContext
 from sidecar.server.cluster_watcher import ClusterExpiryWatcher
 from sidecar.server.embedded import EmbeddedServer, free_port
+from sidecar.server.watcher import ExpiryWatcher
 
 from .conftest import (
     ADMIN_PASSWORD,
@@ -242,3 +244,30 @@ async def wait_until(predicate: Callable[[], bool], what: str, within: float = 1
     while not predicate():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.05)
+
+
+async def test_a_stopped_watcher_leaves_no_tls_socket_open(tls_server: TlsServer) -> None:
+    """redis-py closes a pub/sub connection without waiting for the close, and on TLS closing
+    is a round trip with the server: a sidecar stopping (or a test ending) right after its
+    watcher stopped left that socket open, reported later as unclosed. The watcher now waits
+    for the close briefly, then aborts it: when its task is done, its sockets are shut, even
+    with the server frozen (it never answers the close)."""
+    url = f"rediss://127.0.0.1:{tls_server.tls_port}/0?ssl_ca_certs={tls_server.certs.ca}"
+    before = open_transports()
+    watcher = ExpiryWatcher(url, "ckpt")
+    watching = asyncio.create_task(watcher.run())
+    try:
+        await wait_until(watcher.state.ever_subscribed.is_set, "watcher never subscribed")
+        opened = open_transports() - before
+        assert opened, "the watcher's TLS connection should be open while it watches"
+        tls_server.server.pause()
+        try:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            still_open = [t for t in opened if is_open(t)]
+        finally:
+            tls_server.server.resume()
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+    assert still_open == []
