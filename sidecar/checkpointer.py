@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
@@ -33,7 +34,7 @@ from sidecar.errors import (
 )
 from sidecar.models import CheckpointEvent, ContextLike
 from sidecar.store import RedisClient, Store, build_client, drops_cancellations, server_address
-from sidecar.telemetry import Instrumentation
+from sidecar.telemetry import Instrumentation, SpanAttributes
 
 if TYPE_CHECKING:
     from sidecar.manager import CheckpointManager
@@ -185,22 +186,28 @@ class Checkpointer:
         """
         tele = self.telemetry
         span = tele.start_span(operation)
-        if span.is_recording():
-            tele.describe(span, operation, db_operation, section, ids)
+        attrs = (
+            tele.describe(operation, db_operation, section, ids) if span.is_recording() else None
+        )
         breaker = self.breaker if slot is None else self.breaker_for(slot)
         allowed = breaker.allow()
         if allowed is False:
             err = CheckpointUnavailable(f"{operation}: circuit open after repeated failures")
-            tele.finish(span, operation, names.SKIPPED, 0.0, nbytes, None)
+            tele.finish(span, operation, names.SKIPPED, 0.0, nbytes, None, attrs)
             return None, err
         start = time.perf_counter()
         outcome = names.OK
         error: CheckpointError | None = None
         result: T | None = None
         try:
-            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+            # the span is current during the call (what trace.use_span does, without its
+            # generator: this path runs on every checkpoint)
+            token = otel_context.attach(trace.set_span_in_context(span))
+            try:
                 async with asyncio.timeout(self._budget):
                     result = await call()
+            finally:
+                otel_context.detach(token)
         except TimeoutError:
             outcome, error = (
                 names.TIMEOUT,
@@ -214,12 +221,16 @@ class Checkpointer:
             outcome, error = names.ERROR, exc
         except CheckpointError as exc:  # lease conflicts: not an outage, always raised
             breaker.success()
-            tele.finish(span, operation, names.REJECTED, time.perf_counter() - start, nbytes, exc)
+            tele.finish(
+                span, operation, names.REJECTED, time.perf_counter() - start, nbytes, exc, attrs
+            )
             raise
         except BaseException:
             if allowed is None:
                 breaker.abandon_probe()
-            tele.finish(span, operation, names.ERROR, time.perf_counter() - start, nbytes, None)
+            tele.finish(
+                span, operation, names.ERROR, time.perf_counter() - start, nbytes, None, attrs
+            )
             raise
         duration = time.perf_counter() - start
         if error is None:
@@ -230,15 +241,14 @@ class Checkpointer:
         else:
             breaker.failure(probe=allowed is None)
             self._log_outage(error)
-        tele.finish(span, operation, outcome, duration, nbytes, error)
+        tele.finish(span, operation, outcome, duration, nbytes, error, attrs)
         return result, error
 
     def reject(self, operation: str, error: CheckpointError, section: str | None = None) -> None:
         """Record a caller mistake (outcome ``rejected``); the caller then raises it."""
         span = self.telemetry.start_span(operation)
-        if span.is_recording() and section is not None:
-            span.set_attribute("checkpoint.section", section)
-        self.telemetry.finish(span, operation, names.REJECTED, 0.0, None, error)
+        attrs: SpanAttributes | None = None if section is None else {"checkpoint.section": section}
+        self.telemetry.finish(span, operation, names.REJECTED, 0.0, None, error, attrs)
 
     def emit(self, event: CheckpointEvent) -> None:
         """Deliver an event to ``on_event``; a listener that raises is logged, never propagated."""

@@ -25,6 +25,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from sidecar import names
 
 _VERSION = "0.1.0"
+SpanAttributes = dict[str, str | int | bool]
+"""Attributes of one checkpoint span (built only while the span is recording)."""
 
 
 @dataclass(slots=True)
@@ -162,17 +164,15 @@ class Instrumentation:
 
     def describe(
         self,
-        span: Span,
         operation: str,
         db_operation: str,
         section: str | None,
         ids: tuple[str, str],
-    ) -> None:
-        """Set the span's request attributes (only called when the span is recording).
-
-        One ``set_attributes`` call: the SDK takes its lock once rather than per attribute.
-        """
-        attrs: dict[str, str | int] = {
+    ) -> SpanAttributes:
+        """The span's request attributes, for :meth:`finish` (build them only when the span
+        is recording). They go on the span with the outcome in one ``set_attributes`` call:
+        the SDK validates and locks per call, and this path runs on every checkpoint."""
+        attrs: SpanAttributes = {
             "db.system.name": "redis",
             "db.operation.name": db_operation,
             "server.address": self.server_address,
@@ -184,7 +184,7 @@ class Instrumentation:
         if self.trace_identifiers:
             attrs["checkpoint.user_id"] = ids[0]
             attrs["checkpoint.run_id"] = ids[1]
-        span.set_attributes(attrs)
+        return attrs
 
     def finish(
         self,
@@ -194,15 +194,16 @@ class Instrumentation:
         duration: float,
         nbytes: int | None,
         error: BaseException | None,
+        attrs: SpanAttributes | None = None,
     ) -> bool:
-        """Record the outcome on the span and in the metrics; True when over budget."""
+        """Record the outcome on the span (with ``attrs``, the request attributes) and in the
+        metrics, and end the span; True when over budget."""
         exceeded = duration > self.budget_seconds
         exemplar = None
         if span.is_recording():
-            result: dict[str, str | bool | int] = {
-                "checkpoint.outcome": outcome,
-                "checkpoint.budget_exceeded": exceeded,
-            }
+            result = {} if attrs is None else attrs
+            result["checkpoint.outcome"] = outcome
+            result["checkpoint.budget_exceeded"] = exceeded
             if nbytes is not None:
                 result["checkpoint.bytes"] = nbytes
             span.set_attributes(result)
