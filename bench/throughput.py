@@ -76,17 +76,19 @@ async def rate(cp: Checkpointer, verb: str, seconds: float, tag: str) -> float:
     end = time.perf_counter() + seconds
 
     async def worker(i: int) -> None:
+        # Only confirmed calls count. A call over the budget (a loaded machine) is not a bench
+        # failure: it is counted in the metrics and printed as "not ok" below.
         mgr = managers[i]
         k = 0
         while time.perf_counter() < end:
             if verb == "save":
-                name = SECTIONS[k % 4]
-                ok = await mgr.save_section(name, CONTENT[name])
+                ok = await mgr.save_section(SECTIONS[k % 4], CONTENT[SECTIONS[k % 4]])
             else:
-                ok = len(await mgr.load_all_sections()) == 4
-            assert ok
+                loaded = await mgr.load_all_sections()
+                assert len(loaded) in (0, 4), "a load returned some sections but not all"
+                ok = bool(loaded)
             k += 1
-        counts[i] = k
+            counts[i] += ok
 
     start = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(len(managers))))
