@@ -53,7 +53,10 @@ class OwnedSockets:
 
 
 async def _shut(writer: asyncio.StreamWriter) -> None:
-    """Wait up to CLOSE_GRACE_S for a stream to close (its close was started), else abort it."""
+    """Close a stream (redis-py has normally started that), wait up to CLOSE_GRACE_S for the
+    close to complete, else abort it."""
+    if not writer.transport.is_closing():
+        writer.close()
     try:
         async with asyncio.timeout(CLOSE_GRACE_S):
             await writer.wait_closed()
