@@ -9,19 +9,28 @@ LEAKY_AND_TIDY = """
 import asyncio
 import socket
 
-KEPT = []  # the leaky test keeps its writer alive, as a forgotten client would
+KEPT = []  # the leaky test keeps its transport alive, as a forgotten client would
+
+
+class Tracked(asyncio.Protocol):
+    def __init__(self):
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc):
+        self.lost.set_result(None)
 
 
 async def connect(listener):
-    return await asyncio.open_connection(*listener.getsockname())
+    loop = asyncio.get_running_loop()
+    return await loop.create_connection(Tracked, *listener.getsockname())
 
 
 def test_leaks_a_connection():
     with socket.create_server(("127.0.0.1", 0)) as listener:
 
         async def main():
-            reader, writer = await connect(listener)
-            KEPT.append(writer)  # never closed
+            transport, _ = await connect(listener)
+            KEPT.append(transport)  # never closed
 
         asyncio.run(main())
 
@@ -30,9 +39,9 @@ def test_closes_its_connection():
     with socket.create_server(("127.0.0.1", 0)) as listener:
 
         async def main():
-            reader, writer = await connect(listener)
-            writer.close()
-            await writer.wait_closed()
+            transport, protocol = await connect(listener)
+            transport.close()
+            await protocol.lost
 
         asyncio.run(main())
 """
