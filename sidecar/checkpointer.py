@@ -33,6 +33,7 @@ from sidecar.errors import (
     CheckpointUnavailable,
 )
 from sidecar.models import CheckpointEvent, ContextLike
+from sidecar.sockets import OwnedSockets
 from sidecar.store import RedisClient, Store, build_client, drops_cancellations, server_address
 from sidecar.telemetry import Instrumentation, SpanAttributes
 
@@ -111,11 +112,14 @@ class Checkpointer:
             cfg = cfg.model_copy(update={"redis_url": url})
             type(cfg).model_validate(cfg.model_dump())  # re-check the new URL
         use_cluster = cfg.is_cluster if cluster is None else cluster
-        client = build_client(cfg.redis_url, cluster=use_cluster)
-        return cls(
+        sockets = None if use_cluster else OwnedSockets()
+        client = build_client(cfg.redis_url, cluster=use_cluster, sockets=sockets)
+        checkpointer = cls(
             client, cfg, registry=registry, tracer_provider=tracer_provider,
             on_event=on_event, close_client=True,
         )  # fmt: skip
+        checkpointer.store.sockets = sockets  # closing then waits for TLS closes
+        return checkpointer
 
     def manager(self, ctx: ContextLike) -> CheckpointManager:
         """The seed's per-context manager (validates the identifiers now)."""

@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from sidecar.errors import CheckpointTimeout, CheckpointUnavailable
 from sidecar.lua import Script
+from sidecar.sockets import OwnedSockets
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 Arg: TypeAlias = str | bytes | int | float
@@ -57,7 +58,9 @@ def mapped_errors(operation: str) -> Iterator[None]:
         raise mapped_error(operation, exc) from exc
 
 
-def build_client(url: str, *, cluster: bool = False) -> RedisClient:
+def build_client(
+    url: str, *, cluster: bool = False, sockets: OwnedSockets | None = None
+) -> RedisClient:
     """A client whose own retries and socket timeout are off: the overhead budget, not redis-py,
     decides when to give up, and "unreachable" stays "unreachable" instead of "timed out".
 
@@ -65,6 +68,9 @@ def build_client(url: str, *, cluster: bool = False) -> RedisClient:
     5 s) redis-py wraps every send in ``asyncio.wait_for``, which on Python 3.11 drops a
     cancellation that lands as the send completes, so the budget's timeout, or the caller's
     own ``task.cancel()``, could be lost (see :func:`drops_cancellations`).
+
+    ``sockets`` records the connections' transports so that closing waits for TLS closes
+    (:mod:`sidecar.sockets`); a single server only: ``RedisCluster`` takes no connect callback.
     """
     if cluster:
         url = url.replace("redis+cluster://", "redis://", 1).replace(
@@ -72,8 +78,9 @@ def build_client(url: str, *, cluster: bool = False) -> RedisClient:
         )
         return RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=None)
     return aioredis.Redis.from_url(
-        url, retry=Retry(NoBackoff(), 0), health_check_interval=0, socket_timeout=None
-    )
+        url, retry=Retry(NoBackoff(), 0), health_check_interval=0, socket_timeout=None,
+        redis_connect_func=None if sockets is None else sockets.on_connect,
+    )  # fmt: skip
 
 
 def drops_cancellations(client: RedisClient) -> bool:
@@ -105,8 +112,9 @@ def server_address(client: RedisClient) -> tuple[str, int]:
 class Store:
     """One Redis (or Redis Cluster) client and the commands the library sends through it."""
 
-    def __init__(self, client: RedisClient) -> None:
+    def __init__(self, client: RedisClient, sockets: OwnedSockets | None = None) -> None:
         self.client = client
+        self.sockets = sockets  # the client's transports, when we built it (closing waits)
         self._discover = isinstance(client, RedisCluster)
         self._discovery = asyncio.Lock()
 
@@ -195,6 +203,8 @@ class Store:
 
     async def aclose(self) -> None:
         await close_client(self.client)
+        if self.sockets is not None:
+            await self.sockets.shut()
 
 
 async def close_client(client: RedisClient) -> None:

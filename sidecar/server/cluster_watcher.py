@@ -35,8 +35,9 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from sidecar.keys import validate_prefix
-from sidecar.server.clients import OwnedSockets, run_to_end, sidecar_client
+from sidecar.server.clients import close_all, run_to_end, sidecar_client
 from sidecar.server.watcher import CLIENT_NAME, ExpiryWatcher, WatcherState
+from sidecar.sockets import OwnedSockets
 
 log = logging.getLogger("sidecar.watcher")
 
@@ -158,7 +159,7 @@ class ClusterExpiryWatcher:
                     "CLUSTER", "NODES"
                 )
         finally:
-            await run_to_end(sockets.close(client))
+            await run_to_end(close_all(sockets, client))
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def _apply(self, nodes: dict[Address, bool]) -> None:

@@ -29,10 +29,11 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from sidecar.config import CheckpointConfig, redact_url
 from sidecar.server.app import make_app
-from sidecar.server.clients import OwnedSockets, run_to_end, sidecar_client
+from sidecar.server.clients import close_all, run_to_end, sidecar_client
 from sidecar.server.cluster_watcher import ClusterExpiryWatcher
 from sidecar.server.metrics import build_registry
 from sidecar.server.watcher import ExpiryWatcher, WatcherState
+from sidecar.sockets import OwnedSockets
 
 log = logging.getLogger("sidecar.server")
 
@@ -294,7 +295,7 @@ async def wait_for_redis(url: str, wait_seconds: float) -> None:
         except (RedisError, OSError) as exc:
             last = str(exc) or type(exc).__name__
         finally:
-            await run_to_end(sockets.close(client))
+            await run_to_end(close_all(sockets, client))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise SidecarStartError(

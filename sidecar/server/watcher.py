@@ -30,7 +30,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from sidecar.config import redact_url
 from sidecar.keys import parse_key, validate_prefix
-from sidecar.server.clients import OwnedSockets, run_to_end, sidecar_client
+from sidecar.server.clients import close_all, run_to_end, sidecar_client
+from sidecar.sockets import OwnedSockets
 
 log = logging.getLogger("sidecar.watcher")
 
@@ -218,7 +219,7 @@ class ExpiryWatcher:
             with contextlib.suppress(RedisError, OSError):  # OSError covers TimeoutError
                 async with asyncio.timeout(0.5):
                     await pubsub.unsubscribe()
-        await sockets.close(pubsub, client)
+        await close_all(sockets, pubsub, client)
 
     async def _check_events(self, client: aioredis.Redis, url: str) -> None:
         async with asyncio.timeout(self.connect_timeout):

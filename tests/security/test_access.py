@@ -271,3 +271,26 @@ async def test_a_stopped_watcher_leaves_no_tls_socket_open(tls_server: TlsServer
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
     assert still_open == []
+
+
+async def test_a_closed_checkpointer_leaves_no_tls_socket_open(tls_server: TlsServer) -> None:
+    """A budget timeout interrupts a read; redis-py then drops that connection without waiting
+    for the close, and on TLS the close needs the server. Closing the Checkpointer waits for it
+    briefly, then aborts it: even with the server frozen, no socket of ours stays open."""
+    url = agent_url(tls_server.tls_port, "rediss") + f"?ssl_ca_certs={tls_server.certs.ca}"
+    before = open_transports()
+    cp = Checkpointer.from_url(url, config=config(budget_ms=200, strict=False))
+    try:
+        assert await cp.manager(CTX).save_section("summary", 1)
+        opened = open_transports() - before
+        assert opened, "the Checkpointer's TLS connection should be open after a save"
+        tls_server.server.pause()
+        try:
+            assert await cp.manager(CTX).save_section("summary", 2) is False  # over budget
+            await cp.aclose()
+            still_open = [t for t in opened if is_open(t)]
+        finally:
+            tls_server.server.resume()
+    finally:
+        await cp.aclose()
+    assert still_open == []
