@@ -2,21 +2,42 @@
 
 Precedence (pydantic-settings): explicit arguments, then ``SIDECAR_*`` environment variables,
 then the defaults below. Invalid values are rejected at construction with a message that names
-the setting, so a typo fails at start-up rather than at the first checkpoint.
+the setting, so a typo fails at start-up rather than at the first checkpoint. Error messages
+never repeat the value given (``hide_input_in_errors``): a mistyped URL may hold a password, a
+malformed encryption key is a secret, and both end up in logs.
+
+Encryption keys are ``SecretStr``: ``repr``, ``str`` and JSON dumps show ``**********``. The
+parsed keys are built on demand by :attr:`CheckpointConfig.keyring` (see :mod:`sidecar.keyring`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Self
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sidecar.keyring import KeyRing, read_key_file, split_specs
 from sidecar.keys import validate_prefix
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+ZSTD_HINT = "pip install 'checkpoint-sidecar[zstd]'"
+ENCRYPTION_HINT = "pip install 'checkpoint-sidecar[encryption]'"
+Compression = Literal["none", "zstd"]
+
+
+def has_module(name: str) -> bool:
+    """Whether an optional dependency is importable (without importing it)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def default_compression() -> Compression:
+    """``zstd`` when the ``[zstd]`` extra is installed, else ``none``."""
+    return "zstd" if has_module("zstandard") else "none"
 
 
 def redact_url(url: str) -> str:
@@ -36,7 +57,11 @@ class CheckpointConfig(BaseSettings):
     """Settings of a :class:`~sidecar.Checkpointer` (environment prefix ``SIDECAR_``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SIDECAR_", frozen=True, extra="forbid", validate_default=True
+        env_prefix="SIDECAR_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,
     )
 
     redis_url: str = Field(
@@ -61,6 +86,33 @@ class CheckpointConfig(BaseSettings):
         60, gt=0, description="Lease lifetime; renewed while a run is open."
     )
     trace_identifiers: bool = Field(False, description="Put user/run ids on spans (off: privacy).")
+    # --- what sits in Redis (docs/storage.md) ----------------------------------------------
+    compression: Compression = Field(
+        default_factory=default_compression,
+        description="Section compression: 'zstd' (default with the [zstd] extra) or 'none'.",
+    )
+    compression_min_bytes: int = Field(
+        512, ge=0, description="Sections smaller than this (serialized) are stored uncompressed."
+    )
+    encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="AES-256-GCM keys '<key-id>:<base64 of 32 bytes>', the first one current "
+        "(env SIDECAR_ENCRYPTION_KEYS: comma-separated).",
+    )
+    encryption_keys_file: Path | None = Field(
+        None, description="File with the encryption keys, one per line, the first one current."
+    )
+    read_unencrypted: bool = Field(
+        True,
+        description="With keys set, still read values stored without encryption (written "
+        "before it was turned on). Turn off once those runs have expired.",
+    )
+    min_replicas: int = Field(
+        0, ge=0, le=64, description="Replicas that must acknowledge a save (WAIT) to confirm it."
+    )
+    min_local_fsync: bool = Field(
+        False, description="A save is confirmed once the primary fsynced its AOF (WAITAOF)."
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -79,6 +131,42 @@ class CheckpointConfig(BaseSettings):
             return validate_prefix(value)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):  # SIDECAR_ENCRYPTION_KEYS, or one key passed as a string
+            return split_specs(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Self:
+        if self.compression == "zstd" and not has_module("zstandard"):
+            raise ValueError(f"compression='zstd' needs the zstandard package: {ZSTD_HINT}")
+        if self.encryption_keys and self.encryption_keys_file is not None:
+            raise ValueError("set encryption_keys or encryption_keys_file, not both")
+        if self.encrypts:
+            if not has_module("cryptography"):
+                raise ValueError(f"encryption needs the cryptography package: {ENCRYPTION_HINT}")
+            self.keyring  # noqa: B018  (parses every key: a malformed one fails construction)
+        return self
+
+    @property
+    def encrypts(self) -> bool:
+        """Whether keys are configured (new values are then sealed with the current one)."""
+        return bool(self.encryption_keys) or self.encryption_keys_file is not None
+
+    @property
+    def keyring(self) -> KeyRing | None:
+        """The parsed keys (read from ``encryption_keys_file`` when that is the source), or None.
+
+        Parsed on each access: a Checkpointer reads it once, at construction.
+        """
+        if self.encryption_keys_file is not None:
+            return KeyRing.parse(read_key_file(self.encryption_keys_file))
+        if self.encryption_keys:
+            return KeyRing.parse(key.get_secret_value() for key in self.encryption_keys)
+        return None
 
     @property
     def budget_seconds(self) -> float:

@@ -9,9 +9,12 @@
     ├── CheckpointUnavailable            Redis unreachable, refusing, or the circuit is open
     ├── CheckpointTimeout                Redis did not answer within the overhead budget
     ├── LeaseHeld                        another worker holds this run's lease
-    └── LeaseLost                        this run's lease was taken over: its writes are refused
+    ├── LeaseLost                        this run's lease was taken over: its writes are refused
+    └── IntegrityError                   a stored value failed to decrypt or authenticate
 
-Caller mistakes (the first three) and lease conflicts (the last two) raise in every mode.
+Caller mistakes (the first three) and lease conflicts (``LeaseHeld``, ``LeaseLost``) raise in
+every mode, and so does ``IntegrityError``: a value that does not authenticate is never
+returned as content, nor turned into "nothing".
 Outages (``CheckpointUnavailable``, ``CheckpointTimeout``) raise only with ``strict=True``;
 in best-effort mode the verb returns the seed's "nothing" and the outcome is counted.
 redis-py exceptions never escape: :mod:`sidecar.store` maps them here with ``raise ... from``.
@@ -62,3 +65,12 @@ class LeaseHeld(CheckpointError):
 
 class LeaseLost(CheckpointError):
     """The lease of this run now belongs to another attempt; this attempt's writes are refused."""
+
+
+class IntegrityError(CheckpointError):
+    """A stored value failed to decrypt or authenticate: wrong or missing key, corrupted bytes,
+    or a ciphertext copied from another run or section. It is never returned as content.
+
+    The message names the section (and the key id the value says it was sealed with), never the
+    content or any key material.
+    """

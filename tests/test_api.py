@@ -8,7 +8,7 @@ import sidecar
 EXPECTED = {
     "CheckpointConfig", "CheckpointError", "CheckpointEvent", "CheckpointFactory",
     "CheckpointManager", "CheckpointTimeout", "CheckpointUnavailable", "Checkpointer",
-    "InvalidIdentifier", "LeaseHeld", "LeaseLost", "Progress", "ResumableRun", "RunContext",
+    "IntegrityError", "InvalidIdentifier", "LeaseHeld", "LeaseLost", "Progress", "ResumableRun", "RunContext",
     "SectionTooLarge", "SerializationError", "__version__",
 }  # fmt: skip
 
@@ -33,7 +33,8 @@ def test_every_exported_name_resolves() -> None:
 
 def test_error_hierarchy() -> None:
     for name in ("InvalidIdentifier", "SectionTooLarge", "SerializationError",
-                 "CheckpointUnavailable", "CheckpointTimeout", "LeaseHeld", "LeaseLost"):  # fmt: skip
+                 "CheckpointUnavailable", "CheckpointTimeout", "LeaseHeld", "LeaseLost",
+                 "IntegrityError"):  # fmt: skip
         assert issubclass(getattr(sidecar, name), sidecar.CheckpointError)
     assert issubclass(sidecar.InvalidIdentifier, ValueError)
 
