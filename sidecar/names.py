@@ -13,7 +13,8 @@ from typing import Final
 OPERATION_DURATION: Final = "checkpoint_operation_duration_seconds"
 BUDGET_EXCEEDED: Final = "checkpoint_budget_exceeded_total"
 BUDGET_SECONDS: Final = "checkpoint_budget_seconds"
-SECTION_BYTES: Final = "checkpoint_section_bytes"
+SECTION_BYTES: Final = "checkpoint_section_bytes"  # serialized (logical) size
+SECTION_STORED_BYTES: Final = "checkpoint_section_stored_bytes"  # as stored: sealed, compressed
 RUNS_STARTED: Final = "checkpoint_runs_started_total"
 RUNS_FINISHED: Final = "checkpoint_runs_finished_total"
 SECTIONS: Final = "checkpoint_sections_total"
@@ -46,7 +47,10 @@ ERROR: Final = "error"  # Redis unreachable or refused the command
 TIMEOUT: Final = "timeout"  # no answer within the budget: the call gave up
 SKIPPED: Final = "skipped"  # the circuit breaker is open: no network call was made
 REJECTED: Final = "rejected"  # caller mistake or lease conflict: nothing was written
-OUTCOMES: Final = (OK, ERROR, TIMEOUT, SKIPPED, REJECTED)
+CORRUPT: Final = "corrupt"  # a stored value failed to decrypt or authenticate: not returned
+UNREPLICATED: Final = "unreplicated"  # saved on the primary; min_replicas / min_local_fsync not
+# acknowledged within the budget, so not confirmed
+OUTCOMES: Final = (OK, ERROR, TIMEOUT, SKIPPED, REJECTED, CORRUPT, UNREPLICATED)
 # operations whose payload size is observed in checkpoint_section_bytes.
 SIZED_OPERATIONS: Final = ("save_section", "load_section", "load_all_sections")
 RUN_MODES: Final = ("fresh", "resumed")

@@ -48,6 +48,7 @@ class Metrics:
     budget_exceeded: Counter
     budget_seconds: Gauge
     section_bytes: Histogram
+    stored_bytes: Histogram
     runs_started: Counter
     runs_finished: Counter
     sections: Counter
@@ -93,6 +94,14 @@ def metrics_for(registry: CollectorRegistry | None, budget_seconds: float) -> Me
             section_bytes=Histogram(
                 names.SECTION_BYTES,
                 "Serialized size of the sections saved or loaded.",
+                ["operation"],
+                buckets=names.SECTION_BYTES_BUCKETS,
+                registry=reg,
+            ),
+            stored_bytes=Histogram(
+                names.SECTION_STORED_BYTES,
+                "Size in Redis of the sections saved or loaded (after compression and "
+                "encryption); beside checkpoint_section_bytes it gives the compression ratio.",
                 ["operation"],
                 buckets=names.SECTION_BYTES_BUCKETS,
                 registry=reg,
@@ -151,6 +160,14 @@ class Instrumentation:
         self._durations: dict[tuple[str, str], Any] = {}
         self._exceeded: dict[str, Any] = {}
         self._bytes: dict[str, Any] = {}
+        self._stored: dict[str, Any] = {}
+
+    def observe_stored(self, operation: str, nbytes: int) -> None:
+        """One section's size as stored in Redis (``checkpoint_section_stored_bytes``)."""
+        sized = self._stored.get(operation)
+        if sized is None:
+            sized = self._stored[operation] = self.metrics.stored_bytes.labels(operation)
+        sized.observe(nbytes)
 
     def circuit_changed(self, is_open: bool) -> None:
         """One breaker on this registry opened or closed; the gauge says whether any is open."""
