@@ -27,17 +27,20 @@ inflate into gigabytes. zstd and cryptography are optional extras, imported only
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from sidecar.errors import IntegrityError, SerializationError
+from sidecar.errors import CheckpointError, IntegrityError, SerializationError
 
 if TYPE_CHECKING:
     from sidecar.config import CheckpointConfig
     from sidecar.keyring import KeyRing
 
+logger = logging.getLogger("sidecar")
 MAGIC: Final = 0xC5
 VERSION: Final = 1
 CODEC_NONE: Final = 0
@@ -256,6 +259,66 @@ class Sealer:
                 f"max_section_bytes={self.max_bytes}"
             )
         return out
+
+
+def open_sections(
+    sealer: Sealer, run: RunBinding, pairs: Iterable[tuple[str, Any]]
+) -> tuple[list[tuple[str, bytes]], int]:
+    """Open every (name, stored) pair of a run; the serialized pairs and the stored bytes.
+
+    The first value that does not open raises (a verb never returns part of a run as if it
+    were all of it)."""
+    opened: list[tuple[str, bytes]] = []
+    stored_bytes = 0
+    for name, raw in pairs:
+        stored_bytes += len(raw)
+        opened.append((name, sealer.open(raw, run.section(name), name)))
+    return opened, stored_bytes
+
+
+def open_restorable(
+    sealer: Sealer, run: RunBinding, pairs: Iterable[tuple[str, Any]]
+) -> tuple[list[tuple[str, bytes]], dict[str, CheckpointError]]:
+    """Open what can be opened, for a run's restore; the sections that cannot, with why.
+
+    A run treats those as missing and produces them again: they are reported, never returned.
+    """
+    opened: list[tuple[str, bytes]] = []
+    failed: dict[str, CheckpointError] = {}
+    for name, raw in pairs:
+        try:
+            opened.append((name, sealer.open(raw, run.section(name), name)))
+        except (IntegrityError, SerializationError) as exc:
+            failed[name] = exc
+    return opened, failed
+
+
+def decodes_responses(client: Any) -> bool:
+    """Whether a redis-py client decodes replies to str (sealed values are binary)."""
+    get_encoder = getattr(client, "get_encoder", None)
+    return bool(get_encoder is not None and getattr(get_encoder(), "decode_responses", False))
+
+
+def sealer_for(config: CheckpointConfig, client: Any) -> Sealer:
+    """The Checkpointer's sealer: from the config, fitted to what ``client`` can read back.
+
+    A client built with ``decode_responses=True`` cannot read binary values: encryption then
+    raises (a caller mistake; never store plaintext when encryption was asked for), and
+    compression is turned off with a warning (it only saves memory).
+    """
+    decodes = decodes_responses(client)
+    if decodes and config.encrypts:
+        raise ValueError(
+            "encryption_keys need a Redis client with decode_responses=False: sealed values "
+            "are binary"
+        )
+    if decodes and config.compression != "none":
+        logger.warning(
+            "compression is off for this Checkpointer: its Redis client decodes responses "
+            "(decode_responses=True) and compressed values are binary"
+        )
+        config = config.model_copy(update={"compression": "none"})
+    return Sealer.from_config(config)
 
 
 def describe(stored: bytes | str) -> dict[str, Any]:
