@@ -17,15 +17,42 @@ from typing import Any, TypeAlias
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from sidecar.errors import CheckpointTimeout, CheckpointUnavailable
+from sidecar.core.ops import Command
+from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
 from sidecar.lua import Script
 from sidecar.sockets import OwnedSockets
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 Arg: TypeAlias = str | bytes | int | float
+
+
+# Error replies that mean "no node can serve this now": outages, counted by the breaker.
+# Every other error reply (OOM, NOPERM, WRONGTYPE, ...) is Redis answering: a refusal.
+OUTAGE_CODES = frozenset({"CLUSTERDOWN", "MASTERDOWN", "READONLY", "LOADING", "TRYAGAIN", "BUSY"})
+
+
+def error_code(exc: rexc.ResponseError) -> str:
+    """The Redis error code (OOM, NOPERM, ...) of an error reply.
+
+    redis-py strips the code from the text of the exceptions it knows (ReadOnlyError,
+    NoPermissionError, OutOfMemoryError, ...): take it back from the class then.
+    """
+    known: dict[type[rexc.ResponseError], str] = {
+        rexc.ReadOnlyError: "READONLY",
+        rexc.NoPermissionError: "NOPERM",
+        rexc.OutOfMemoryError: "OOM",
+        rexc.NoScriptError: "NOSCRIPT",
+        rexc.MasterDownError: "MASTERDOWN",  # before its base class, ClusterDownError
+        rexc.ClusterDownError: "CLUSTERDOWN",
+        rexc.TryAgainError: "TRYAGAIN",
+    }
+    for cls, code in known.items():
+        if isinstance(exc, cls):
+            return code
+    return getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0] or type(exc).__name__
 
 
 def mapped_error(operation: str, exc: Exception) -> CheckpointTimeout | CheckpointUnavailable:
@@ -39,9 +66,10 @@ def mapped_error(operation: str, exc: Exception) -> CheckpointTimeout | Checkpoi
     if isinstance(exc, rexc.ConnectionError):  # includes AuthenticationError
         return CheckpointUnavailable(f"{operation}: Redis unreachable ({type(exc).__name__})")
     if isinstance(exc, rexc.ResponseError):
-        # redis-py strips the error code (MOVED, OOM, NOPERM...) from the text: take it back
-        code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0] or type(exc).__name__
-        return CheckpointUnavailable(f"{operation}: Redis refused the command ({code})")
+        code = error_code(exc)
+        if code in OUTAGE_CODES:
+            return CheckpointUnavailable(f"{operation}: Redis cannot serve now ({code})")
+        return CheckpointRefused(f"{operation}: Redis refused the command ({code})")
     if isinstance(exc, rexc.RedisClusterException):  # no node reachable, slot not covered
         return CheckpointUnavailable(
             f"{operation}: Redis Cluster unavailable ({type(exc).__name__})"
@@ -165,6 +193,15 @@ class Store:
                 return await self.client.eval(script.source, len(keys), *keys, *args)
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise mapped_error(script.name, exc) from exc
+
+    async def send(self, operation: str, command: Command) -> Any:
+        """Send one command (an op's): EVALSHA of its script, or the plain command."""
+        if command.script is not None:
+            return await self.run_script(command.script, command.keys, command.args)
+        with mapped_errors(operation):
+            if self._discover:
+                await self._ready()
+            return await self.client.execute_command(command.name, *command.keys, *command.args)
 
     async def hget(self, operation: str, key: str, field: str) -> Any:
         with mapped_errors(operation):
