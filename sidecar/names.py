@@ -40,6 +40,7 @@ OPERATIONS: Final = (
     "lease_renew",
     "lease_release",
     "mark_in_progress",
+    "resume_view",
 )
 # outcome of one operation.
 OK: Final = "ok"  # Redis answered within the budget
@@ -47,7 +48,7 @@ ERROR: Final = "error"  # Redis unreachable or refused the command
 TIMEOUT: Final = "timeout"  # no answer within the budget: the call gave up
 SKIPPED: Final = "skipped"  # the circuit breaker is open: no network call was made
 REJECTED: Final = "rejected"  # caller mistake or lease conflict: nothing was written
-CORRUPT: Final = "corrupt"  # a stored value failed to decrypt or authenticate: not returned
+CORRUPT: Final = "corrupt"  # a stored value that does not decode or authenticate: not returned
 UNREPLICATED: Final = "unreplicated"  # saved on the primary; min_replicas / min_local_fsync not
 # acknowledged within the budget, so not confirmed
 OUTCOMES: Final = (OK, ERROR, TIMEOUT, SKIPPED, REJECTED, CORRUPT, UNREPLICATED)
@@ -55,7 +56,8 @@ OUTCOMES: Final = (OK, ERROR, TIMEOUT, SKIPPED, REJECTED, CORRUPT, UNREPLICATED)
 SIZED_OPERATIONS: Final = ("save_section", "load_section", "load_all_sections")
 RUN_MODES: Final = ("fresh", "resumed")
 RUN_STATUSES: Final = ("completed", "failed")
-SECTION_SOURCES: Final = ("restored", "produced")
+# restored from a checkpoint, produced anew, or discarded: stored but undecodable (produced again)
+SECTION_SOURCES: Final = ("restored", "produced", "discarded")
 
 # --- spans --------------------------------------------------------------------------------
 SPAN_PREFIX: Final = "checkpoint."
