@@ -1,25 +1,20 @@
-"""Replicated saves: the save script and ``WAIT`` / ``WAITAOF`` in one round trip.
+"""Replicated saves, async shell: the save script and ``WAIT`` / ``WAITAOF`` in one round trip.
 
-Redis replicates asynchronously: a primary acknowledges a write before any replica has it, so
-a save confirmed a moment before the primary dies can vanish when a replica is promoted. With
-``min_replicas >= 1`` a save is confirmed only once that many replicas acknowledged it
-(``WAIT``); with ``min_local_fsync`` only once the primary fsynced its AOF (``WAITAOF 1 0``,
-Redis 7.2+ / Valkey). Both ride in the same non-transactional pipeline as the ``EVALSHA``, on
-the same connection (``WAIT`` counts the offset of *this connection's* last write, so it must
-follow the write on the connection that made it), so the save stays one round trip.
+The rules (what to wait for, the timeouts, reading the replies) are in
+:mod:`sidecar.core.durability`; this module does the I/O. The script and its waits are packed
+into one write on one connection taken from the client's pool (on a cluster, from the node
+that owns the run's slot, so ``WAIT`` runs where the write ran: redis-py's cluster pipeline
+would send a keyless ``WAIT`` to every primary and add up the replies). The script's reply is
+read, then the waits' replies until just before the budget ends; a read cut short drops the
+connection (redis-py disconnects a cancelled read), so a late ``WAIT`` reply is never read by
+another command.
 
-``WAIT``'s timeout is the remaining budget minus a margin for the reply to come back, never
-0 (which means "forever" to Redis). Not acknowledged in time is not an outage: Redis answered
-and the write is on the primary; the caller turns it into ``False`` and outcome
-``unreplicated`` (best effort) or :class:`~sidecar.errors.CheckpointTimeout` (strict).
-
-On a cluster the pipeline is a ``ClusterPipeline`` and ``WAIT`` is sent with
-``target_nodes=`` the primary that owns the run's slot, so both commands travel together to
-that node (redis-py would otherwise send a keyless ``WAIT`` to every primary and add up the
-replies). If the slot moved (``MOVED``), redis-py would re-send the ``EVALSHA`` alone to the new
-owner and leave the ``WAIT`` reply of the old one: redirections are therefore disabled here,
-the slot map is updated, and the pair is sent again to the new owner, once (saves are
-idempotent). Like :mod:`sidecar.store`, this module maps every redis-py error to our own.
+Not acknowledged in time is not an outage: Redis answered and the write is on the primary;
+the caller turns it into ``False`` and outcome ``unreplicated`` (best effort) or
+:class:`~sidecar.errors.NotReplicated`, a ``CheckpointTimeout`` (strict). A ``MOVED`` reply
+(a stale slot map, after a failover) updates the map and sends the pair again to the new
+owner, once; the old owner's ``WAIT`` reply never confirms anything. Like
+:mod:`sidecar.store`, this module maps every redis-py error to our own.
 """
 
 from __future__ import annotations
@@ -27,110 +22,29 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
-from sidecar.store import Arg, RedisClient, mapped_error
+from sidecar.core.durability import (
+    Durability,
+    Replication,
+    judge,
+    late_replication,
+    stop_reading_at,
+    wait_commands,
+    wait_timeout_ms,
+)
+from sidecar.core.ops import Arg
+from sidecar.store import RedisClient, mapped_error
 
 if TYPE_CHECKING:
-    from sidecar.config import CheckpointConfig
     from sidecar.lua import Script
 
 logger = logging.getLogger("sidecar")
-MARGIN_FRACTION: Final = 0.1  # of the remaining budget, kept for WAIT's reply to come back
-MIN_MARGIN_MS: Final = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Durability:
-    """What a save must reach before it is confirmed."""
-
-    replicas: int = 0
-    local_fsync: bool = False
-
-    @classmethod
-    def from_config(cls, config: CheckpointConfig) -> Durability:
-        return cls(config.min_replicas, config.min_local_fsync)
-
-    @property
-    def active(self) -> bool:
-        """False when a save is confirmed by the primary alone (the default)."""
-        return self.replicas > 0 or self.local_fsync
-
-
-@dataclass(frozen=True, slots=True)
-class Replication:
-    """What the server acknowledged for one save."""
-
-    confirmed: bool
-    replicas: int | None = None  # replicas that acknowledged (WAIT), None when not asked
-    local_fsync: bool | None = None  # the primary fsynced (WAITAOF), None when not asked
-    detail: str = ""  # why not confirmed, for messages (no content, no ids)
-
-
-CONFIRMED: Final = Replication(True)
-
-
-def wait_timeout_ms(remaining_s: float) -> int:
-    """``WAIT``'s timeout for ``remaining_s`` of budget: leave a margin for the reply, and
-    never 0, which Redis reads as "block forever"."""
-    remaining_ms = remaining_s * 1000.0
-    margin = max(MIN_MARGIN_MS, remaining_ms * MARGIN_FRACTION)
-    return max(1, int(remaining_ms - margin))
-
-
-def wait_commands(durability: Durability, timeout_ms: int) -> list[tuple[Arg, ...]]:
-    """The commands that follow the save in its pipeline."""
-    commands: list[tuple[Arg, ...]] = []
-    if durability.replicas > 0:
-        commands.append(("WAIT", durability.replicas, timeout_ms))
-    if durability.local_fsync:
-        commands.append(("WAITAOF", 1, 0, timeout_ms))
-    return commands
-
-
-def judge(durability: Durability, replies: Sequence[Any]) -> Replication:
-    """Classify the replies of :func:`wait_commands` (in order): confirmed or not, and why."""
-    replies = list(replies)
-    acked: int | None = None
-    fsynced: bool | None = None
-    problems: list[str] = []
-    if durability.replicas > 0:
-        reply = replies.pop(0)
-        if isinstance(reply, Exception):
-            problems.append(f"WAIT refused ({_code(reply)})")
-        else:
-            acked = int(reply)
-            if acked < durability.replicas:
-                problems.append(
-                    f"{acked} of {durability.replicas} replicas acknowledged within the budget"
-                )
-    if durability.local_fsync:
-        reply = replies.pop(0)
-        if isinstance(reply, Exception):
-            problems.append(f"WAITAOF refused ({_code(reply)}): {_waitaof_hint(reply)}")
-        else:
-            fsynced = int(reply[0]) >= 1
-            if not fsynced:
-                problems.append("the primary did not fsync its AOF within the budget")
-    return Replication(not problems, acked, fsynced, "; ".join(problems))
-
-
-def _code(exc: Exception) -> str:
-    return str(exc).split(" ", 1)[0] or type(exc).__name__
-
-
-def _waitaof_hint(exc: Exception) -> str:
-    text = str(exc).lower()
-    if "unknown command" in text:
-        return "the server has no WAITAOF (Redis < 7.2); turn min_local_fsync off"
-    if "appendonly" in text:
-        return "the server has appendonly off; turn it on, or min_local_fsync off"
-    return "min_local_fsync cannot be honoured"
 
 
 async def run_script_durably(
@@ -145,20 +59,24 @@ async def run_script_durably(
     """Run ``script`` and wait for ``durability``, in one round trip; (reply, replication).
 
     ``deadline`` is the event loop time at which the caller's budget ends. The caller has
-    discovered the cluster already (:meth:`sidecar.store.Store.run_script` does it). A second
-    round trip happens only on NOSCRIPT (once per server) or after a MOVED.
+    discovered the cluster already (:meth:`sidecar.store.Store.run_script` does it). The first
+    call of a script on a node sends EVAL, later ones EVALSHA; a second round trip happens
+    only on NOSCRIPT (the server restarted and lost its scripts) or after a MOVED.
     """
-    loop = asyncio.get_running_loop()
-    use_eval = False
+    loaded = _loaded.setdefault(client, set())
+    node = _node_name(client, keys[0])
+    use_eval = (node, script.sha) not in loaded
     redirected = False
     while True:
-        timeout_ms = wait_timeout_ms(deadline - loop.time())
+        head: tuple[Arg, ...] = (
+            ("EVAL", script.source) if use_eval else ("EVALSHA", script.sha)
+        ) + (len(keys), *keys, *args)
         try:
-            replies = await _send(client, script, keys, args, durability, timeout_ms, use_eval)
+            first, waits = await _exchange(client, keys[0], head, durability, deadline)
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise mapped_error(script.name, exc) from exc
-        first = replies[0]
-        if isinstance(first, rexc.NoScriptError) and not use_eval:
+        if isinstance(first, rexc.NoScriptError) and not use_eval:  # the server restarted
+            loaded.discard((node, script.sha))
             use_eval = True
             continue
         if isinstance(first, rexc.MovedError) and not redirected:
@@ -167,39 +85,84 @@ async def run_script_durably(
             if inspect.isawaitable(moved):
                 await moved
             redirected = True
+            node = _node_name(client, keys[0])
+            use_eval = (node, script.sha) not in loaded
             continue
         if isinstance(first, Exception):
             raise mapped_error(script.name, first) from first
-        replication = judge(durability, replies[1:])
-        if not replication.confirmed and replication.detail.startswith("WAITAOF refused"):
+        loaded.add((node, script.sha))
+        if waits is None:
+            return first, late_replication(durability)
+        replication = judge(durability, waits)
+        if not replication.confirmed and "WAITAOF refused" in replication.detail:
             logger.warning("min_local_fsync: %s", replication.detail)
         return first, replication
 
 
-async def _send(
-    client: RedisClient,
-    script: Script,
-    keys: Sequence[str],
-    args: Sequence[Arg],
-    durability: Durability,
-    timeout_ms: int,
-    use_eval: bool,
-) -> list[Any]:
-    head: tuple[Arg, ...] = (("EVAL", script.source) if use_eval else ("EVALSHA", script.sha)) + (
-        len(keys),
-        *keys,
-        *args,
-    )
-    waits = wait_commands(durability, timeout_ms)
+# Scripts each client has run on each node. A pipelined WAIT runs even when the EVALSHA before
+# it fails with NOSCRIPT, and then blocks for its whole timeout when replicas lag: so the first
+# durable save of a script on a node sends EVAL (which loads it), later ones EVALSHA.
+_loaded: weakref.WeakKeyDictionary[Any, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
+
+
+def _node_name(client: RedisClient, key: str) -> str:
     if isinstance(client, RedisCluster):
-        node = client.get_node_from_key(keys[0])  # the primary owning the run's slot
-        cluster_pipe = client.pipeline()
-        cluster_pipe.execute_command(*head)
-        for command in waits:
-            cluster_pipe.execute_command(*command, target_nodes=node)
-        return list(await cluster_pipe.execute(raise_on_error=False, allow_redirections=False))
-    pipe = client.pipeline(transaction=False)
-    pipe.execute_command(*head)
-    for command in waits:
-        pipe.execute_command(*command)
-    return list(await pipe.execute(raise_on_error=False))
+        node = client.get_node_from_key(key)
+        return "" if node is None else str(node.name)
+    return ""
+
+
+async def _exchange(
+    client: RedisClient,
+    key: str,
+    head: tuple[Arg, ...],
+    durability: Durability,
+    deadline: float,
+) -> tuple[Any, list[Any] | None]:
+    """Send the script and the waits on one connection in one write; read the script's reply,
+    then the waits' until just before ``deadline``. (script reply or its error, wait replies
+    or None when the budget ran out first).
+
+    Why not ``WAIT``'s own timeout alone: servers check blocked clients' timeouts on their
+    ``hz`` tick (100 ms by default), so a WAIT of 50 ms returns after ~100 ms, past a 100 ms
+    budget. Reading with a deadline of our own reports "not acknowledged" within the budget
+    whatever the server's ``hz``; the connection, with a WAIT reply still to come, is
+    dropped (redis-py disconnects a read that is cancelled), never reused.
+    """
+    loop = asyncio.get_running_loop()
+    remaining = deadline - loop.time()
+    waits = wait_commands(durability, wait_timeout_ms(remaining))
+    stop_reading = stop_reading_at(deadline, loop.time())
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)  # the primary owning the run's slot
+        if node is None:
+            raise rexc.SlotNotCoveredError(f"slot of {key!r} is not covered")
+        conn: Any = node.acquire_connection()
+        release: Any = node.release
+    else:
+        conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        release = client.connection_pool.release
+    try:
+        await conn.send_packed_command(conn.pack_commands([head, *waits]))
+        try:
+            first = await conn.read_response()
+        except rexc.ResponseError as exc:  # NOSCRIPT, MOVED...: the waits' replies would follow
+            await conn.disconnect()
+            return exc, None
+        try:
+            async with asyncio.timeout_at(stop_reading):
+                replies = [await _reply(conn) for _ in waits]
+        except TimeoutError:  # the cancelled read dropped the connection
+            return first, None
+        return first, replies
+    finally:
+        released = release(conn)
+        if inspect.isawaitable(released):
+            await released
+
+
+async def _reply(conn: Any) -> Any:
+    try:
+        return await conn.read_response()
+    except rexc.ResponseError as exc:  # an error reply was read whole: the stream is aligned
+        return exc
