@@ -31,6 +31,7 @@ from sidecar.core.calls import CallRecorder, Cancel
 from sidecar.core.ops import Op
 from sidecar.errors import CheckpointError, CheckpointTimeout
 from sidecar.models import CheckpointEvent, ContextLike
+from sidecar.seal import sealer_for
 from sidecar.sockets import OwnedSockets
 from sidecar.store import RedisClient, Store, build_client, drops_cancellations, server_address
 from sidecar.telemetry import Instrumentation
@@ -73,6 +74,7 @@ class Checkpointer:
                 "budget bounds every call), or use Checkpointer.from_url"
             )
         self._close_client = close_client
+        self.sealer = sealer_for(self.config, redis)  # compression, encryption (seal.py)
         self.telemetry = Instrumentation(
             registry=registry,
             tracer_provider=tracer_provider,
@@ -223,12 +225,16 @@ class Checkpointer:
         store, command, parse, measure = self.store, op.command, op.parse, op.measure
         size: int | None = None
 
+        budget = self._budget
+
         async def call() -> T:
             nonlocal size
-            reply = await store.send(op.operation, command)
+            deadline = asyncio.get_running_loop().time() + budget  # for WAIT (durability)
+            reply = await store.send(op.operation, command, deadline)
+            result = parse(reply)  # opens sealed values: measure then sees their logical size
             if measure is not None:
                 size = measure(reply)
-            return parse(reply)
+            return result
 
         return await self.execute(
             op.operation, command.db_operation, call, ids=op.ids, slot=op.slot,

@@ -23,7 +23,7 @@ class CheckpointManager:
     def __init__(self, checkpointer: Checkpointer, ctx: ContextLike) -> None:
         self._cp = checkpointer
         scope = scope_for(checkpointer.config, ctx, checkpointer.store.slot)
-        self.verbs = Verbs(scope, checkpointer.config, checkpointer.calls)
+        self.verbs = Verbs(scope, checkpointer.config, checkpointer.calls, checkpointer.sealer)
         self.keys = scope.keys
         self.user_id, self.run_id = scope.ids
         self.slot = scope.slot  # its shard's breaker, on a cluster

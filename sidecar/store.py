@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 
+from sidecar.core.durability import Replicated
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
 from sidecar.lua import Script
@@ -206,14 +207,32 @@ class Store:
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise mapped_error(script.name, exc) from exc
 
-    async def send(self, operation: str, command: Command) -> Any:
-        """Send one command (an op's): EVALSHA of its script, or the plain command."""
+    async def send(self, operation: str, command: Command, deadline: float = 0.0) -> Any:
+        """Send one command (an op's): EVALSHA of its script, or the plain command. With
+        ``command.wait``, WAIT / WAITAOF follow in the same round trip, answered by the
+        event-loop time ``deadline`` (:mod:`sidecar.replication`)."""
+        if command.wait is not None and command.script is not None:
+            return await self.run_script_durably(command, deadline)
         if command.script is not None:
             return await self.run_script(command.script, command.keys, command.args)
         with mapped_errors(operation):
             if self._discover:
                 await self._ready()
             return await self.client.execute_command(command.name, *command.keys, *command.args)
+
+    async def run_script_durably(self, command: Command, deadline: float) -> Replicated:
+        from sidecar.replication import run_script_durably
+
+        assert command.script is not None
+        assert command.wait is not None
+        if self._discover:
+            with mapped_errors(command.script.name):
+                await self._ready()
+        reply, replication = await run_script_durably(
+            self.client, command.script, command.keys, command.args, command.wait,
+            deadline=deadline,
+        )  # fmt: skip
+        return Replicated(reply, replication)
 
     async def hget(self, operation: str, key: str, field: str) -> Any:
         with mapped_errors(operation):

@@ -14,17 +14,18 @@ A shell does::
 
 and nothing else. Outcomes:
 
-=========  ====================================================  =================
-outcome    what happened                                          breaker
-=========  ====================================================  =================
-ok         Redis answered within the budget                       success
-timeout    no answer within the budget                            failure
-error      unreachable, cluster down: an outage                   failure
-error      Redis answered with a refusal (OOM, NOPERM, ...)       success (it answers)
-rejected   caller mistake or lease conflict; nothing written      success
-corrupt    a stored value that does not decode or authenticate    success
-skipped    circuit open: no network call was made                 (unchanged)
-=========  ====================================================  =================
+============  ====================================================  =================
+outcome       what happened                                          breaker
+============  ====================================================  =================
+ok            Redis answered within the budget                       success
+timeout       no answer within the budget                            failure
+error         unreachable, cluster down: an outage                   failure
+error         Redis answered with a refusal (OOM, NOPERM, ...)       success (it answers)
+unreplicated  saved, but min_replicas / AOF fsync not acknowledged   success (it answers)
+rejected      caller mistake or lease conflict; nothing written      success
+corrupt       a stored value that does not decode or authenticate    success
+skipped       circuit open: no network call was made                 (unchanged)
+============  ====================================================  =================
 
 Refusals are Redis answering: they must not open the circuit, or a full Redis would make
 reads (which still work under OOM) skip too.
@@ -50,6 +51,7 @@ from sidecar.errors import (
     CheckpointUnavailable,
     CircuitOpen,
     IntegrityError,
+    NotReplicated,
     SerializationError,
 )
 from sidecar.telemetry import Instrumentation, SpanAttributes
@@ -108,6 +110,10 @@ class Call:
         if isinstance(exc, TimeoutError):
             budget = self._rec.config.budget_ms
             exc = CheckpointTimeout(f"{self._op}: no answer within the {budget:g} ms budget")
+        if isinstance(exc, NotReplicated):  # saved on the primary: Redis answered
+            self._answered(names.UNREPLICATED, exc)
+            self._rec.log_outage(exc)
+            return exc
         if isinstance(exc, CheckpointRefused):
             self._answered(names.ERROR, exc)
             self._rec.log_outage(exc)

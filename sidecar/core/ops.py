@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 from sidecar.lua import Script
 from sidecar.models import EventKind
+
+if TYPE_CHECKING:
+    from sidecar.core.durability import Durability
 
 T_co = TypeVar("T_co", covariant=True)
 Arg: TypeAlias = str | bytes | int | float
@@ -21,12 +24,17 @@ Arg: TypeAlias = str | bytes | int | float
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One Redis command: EVALSHA of ``script`` (EVAL on NOSCRIPT), or the plain ``name``."""
+    """One Redis command: EVALSHA of ``script`` (EVAL on NOSCRIPT), or the plain ``name``.
+
+    ``wait``: a save to confirm only once replicas / the AOF acknowledged it (WAIT, WAITAOF in
+    the same round trip); the store then answers a :class:`~sidecar.core.durability.Replicated`.
+    """
 
     name: str
     keys: tuple[str, ...]
     args: tuple[Arg, ...] = ()
     script: Script | None = None
+    wait: Durability | None = None
 
     @property
     def db_operation(self) -> str:
@@ -34,8 +42,11 @@ class Command:
         return "EVALSHA" if self.script is not None else self.name
 
 
-def script_call(script: Script, keys: tuple[str, ...], args: tuple[Arg, ...] = ()) -> Command:
-    return Command("EVALSHA", keys, args, script)
+def script_call(
+    script: Script, keys: tuple[str, ...], args: tuple[Arg, ...] = (),
+    wait: Durability | None = None,
+) -> Command:  # fmt: skip
+    return Command("EVALSHA", keys, args, script, wait)
 
 
 def _always(_: Any) -> bool:

@@ -17,7 +17,8 @@ on. The rules, in one place:
   A step out of plan order sends one ``mark_in_progress`` first, and so does a step taken
   when the lease may have expired since it was last confirmed (the process was paused, say):
   a fenced-out attempt learns it before paying for the section.
-* **Undecodable sections** found at restore are discarded (counted as
+* **Undecodable sections** (or sealed ones that do not authenticate) found at restore are
+  discarded (counted as
   ``checkpoint_sections_total{source="discarded"}``, logged by name) and produced again.
 """
 
@@ -31,7 +32,7 @@ from typing import Any
 
 from sidecar import codec, lua
 from sidecar.core.ops import Op, script_call
-from sidecar.core.verbs import Verbs, flat_pairs, text
+from sidecar.core.verbs import Sizes, Verbs, flat_pairs, text
 from sidecar.errors import CheckpointError, LeaseHeld, LeaseLost
 from sidecar.keys import validate_section
 from sidecar.telemetry import Metrics
@@ -117,7 +118,7 @@ class RunState:
         restored: dict[str, Any] = {}
         for name, raw in pairs:
             try:
-                restored[name] = codec.load(name, raw)
+                restored[name] = codec.load(name, self.verbs.open(name, raw, Sizes()))
             except CheckpointError as exc:
                 self.metrics.sections.labels("discarded").inc()
                 logger.warning(

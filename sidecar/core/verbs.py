@@ -15,6 +15,13 @@ resume_view            EVALSHA resume_view                    None
 
 Validation and serialization happen while building, before any I/O: a caller mistake is
 recorded (outcome ``rejected``) and raised here, in every mode.
+
+What is stored is the serialized JSON *sealed* (:mod:`sidecar.seal`: compressed, encrypted and
+bound to the run and section); every reply is opened inside the call's budget, so a value that
+does not authenticate raises :class:`~sidecar.errors.IntegrityError` there (outcome
+``corrupt``). ``checkpoint_section_bytes`` keeps counting the serialized (logical) size,
+``checkpoint_section_stored_bytes`` what Redis holds. A save with ``min_replicas`` /
+``min_local_fsync`` carries WAIT / WAITAOF (:mod:`sidecar.core.durability`).
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from typing import Any, TypeVar
 from sidecar import codec, lua
 from sidecar.config import CheckpointConfig
 from sidecar.core.calls import CallRecorder
+from sidecar.core.durability import Durability, Replicated
 from sidecar.core.ops import Command, Op, script_call
-from sidecar.errors import CheckpointError
+from sidecar.errors import CheckpointError, NotReplicated
 from sidecar.keys import RunKeys, run_keys, validate_section
 from sidecar.models import ContextLike, Progress, ResumeView
+from sidecar.seal import RunBinding, Sealer
 
 T = TypeVar("T")
 _ORDER = "o:"
@@ -80,16 +89,6 @@ def age_seconds(last: Any, now: datetime) -> float | None:
     return None if saved is None else max(0.0, (now - saved).total_seconds())
 
 
-def _size(raw: Any) -> int | None:
-    return len(raw) if raw is not None else None
-
-
-def _reply_size(reply: Any) -> int | None:
-    if not reply:
-        return None
-    return sum(len(reply[i]) for i in range(1, len(reply), 2)) or None
-
-
 def _true(_: Any) -> bool:
     return True
 
@@ -113,13 +112,54 @@ def scope_for(
     return Scope(keys, (user_id, run_id), slot_of(keys.meta))
 
 
-class Verbs:
-    """Builds the op of each verb for one scope; the shells carry them out."""
+class Sizes:
+    """Logical and stored bytes of what one op opened (read by its ``measure``)."""
 
-    def __init__(self, scope: Scope, config: CheckpointConfig, recorder: CallRecorder) -> None:
+    __slots__ = ("logical", "stored")
+
+    def __init__(self) -> None:
+        self.logical = 0
+        self.stored = 0
+
+    def measure(self, _: Any) -> int | None:
+        return self.logical or None
+
+
+_IDENTITY = Sealer()
+
+
+class Verbs:
+    """Builds the op of each verb for one scope; the shells carry them out.
+
+    ``sealer`` (the Checkpointer's, from its config) seals what is stored; without one, values
+    are stored as serialized JSON (the identity form).
+    """
+
+    def __init__(
+        self,
+        scope: Scope,
+        config: CheckpointConfig,
+        recorder: CallRecorder,
+        sealer: Sealer | None = None,
+    ) -> None:
         self.scope = scope
         self.config = config
         self.recorder = recorder
+        self.sealer = sealer if sealer is not None else _IDENTITY
+        self.binding = RunBinding.of(config.key_prefix, *scope.ids)
+        durability = Durability.from_config(config)
+        self.durability = durability if durability.active else None
+
+    def open(self, name: str, raw: Any, sizes: Sizes) -> bytes:
+        """The serialized JSON of a stored value (IntegrityError when it does not open)."""
+        payload = self.sealer.open(raw, self.binding.section(name), name)
+        sizes.logical += len(payload)
+        sizes.stored += len(raw)
+        return payload
+
+    def stored(self, operation: str, sizes: Sizes) -> None:
+        if sizes.stored:
+            self.recorder.telemetry.observe_stored(operation, sizes.stored)
 
     def op(self, operation: str, command: Command, nothing: T, **kw: Any) -> Op[T]:
         return Op(operation, command, self.scope.ids, self.scope.slot, nothing, **kw)
@@ -153,10 +193,28 @@ class Verbs:
         parse: Callable[[Any], bool] = _true,
     ) -> Op[bool]:
         cfg = self.config
-        args = (name, payload, cfg.ttl_ms, owner, fence, cfg.lease_ttl_ms, next_section)
+        stored = self.sealer.seal(payload, self.binding.section(name))
+        args = (name, stored, cfg.ttl_ms, owner, fence, cfg.lease_ttl_ms, next_section)
+        wait = self.durability
+        telemetry = self.recorder.telemetry
+
+        def confirmed(reply: Any) -> bool:
+            if isinstance(reply, Replicated):  # sent with WAIT / WAITAOF
+                result = parse(reply.reply)  # a lease refusal raises first
+                if not reply.replication.confirmed:
+                    raise NotReplicated(
+                        f"save_section: saved on the primary, not confirmed: "
+                        f"{reply.replication.detail}"
+                    )
+            else:
+                result = parse(reply)
+            telemetry.observe_stored("save_section", len(stored))
+            return result
+
+        command = script_call(lua.SAVE_SECTION, self.scope.keys.all, args, wait)
         return self.op(
-            "save_section", script_call(lua.SAVE_SECTION, self.scope.keys.all, args), False,
-            parse=parse, section=name, nbytes=len(payload), event="saved",
+            "save_section", command, False,
+            parse=confirmed, section=name, nbytes=len(payload), event="saved",
         )  # fmt: skip
 
     def load_section(self, name: str, model: Any = None) -> Op[Any]:
@@ -167,11 +225,17 @@ class Verbs:
             else Command("HGET", (keys.sections,), (name,))
         )
 
+        sizes = Sizes()
+
         def parse(raw: Any) -> Any:
-            return None if raw is None else codec.load(name, raw, model)
+            if raw is None:
+                return None
+            value = codec.load(name, self.open(name, raw, sizes), model)
+            self.stored("load_section", sizes)
+            return value
 
         return self.op(
-            "load_section", command, None, parse=parse, section=name, measure=_size,
+            "load_section", command, None, parse=parse, section=name, measure=sizes.measure,
             event="loaded", event_if=_loaded,
         )  # fmt: skip
 
@@ -183,12 +247,20 @@ class Verbs:
             else script_call(lua.LOAD_ALL, self.scope.keys.all[:2])
         )
 
+        sizes = Sizes()
+        op_name = "load_all_sections"
+
         def parse(reply: Any) -> dict[str, Any]:
-            return {name: codec.load(name, raw, model) for name, raw in flat_pairs(reply or [])}
+            sections = {
+                name: codec.load(name, self.open(name, raw, sizes), model)
+                for name, raw in flat_pairs(reply or [])
+            }
+            self.stored(op_name, sizes)
+            return sections
 
         empty: dict[str, Any] = {}
         return self.op(
-            "load_all_sections", command, empty, parse=parse, measure=_reply_size,
+            op_name, command, empty, parse=parse, measure=sizes.measure,
             event="loaded", event_if=bool,
         )  # fmt: skip
 
@@ -225,12 +297,18 @@ class Verbs:
     def resume_view(self, model: Any = None) -> Op[ResumeView | None]:
         """Sections in completion order, progress and age in one call; None without a run."""
 
+        sizes = Sizes()
+
         def parse(reply: Any) -> ResumeView | None:
             flat, meta_flat, sec, usec = reply
             meta = dict(flat_pairs(meta_flat))
             if not flat and not meta:
                 return None
-            sections = {name: codec.load(name, raw, model) for name, raw in flat_pairs(flat)}
+            sections = {
+                name: codec.load(name, self.open(name, raw, sizes), model)
+                for name, raw in flat_pairs(flat)
+            }
+            self.stored("resume_view", sizes)
             return ResumeView(
                 sections=sections,
                 progress=progress_from_meta(meta) if meta else Progress(),
@@ -240,7 +318,7 @@ class Verbs:
         command = script_call(lua.RESUME_VIEW, self.scope.keys.all[:2])
         return self.op(
             "resume_view", command, None, parse=parse, event="loaded",
-            event_if=_present, measure=_view_size,
+            event_if=_present, measure=sizes.measure,
         )  # fmt: skip
 
 
@@ -250,7 +328,3 @@ def _loaded(value: Any) -> bool:
 
 def _present(view: ResumeView | None) -> bool:
     return view is not None
-
-
-def _view_size(reply: Any) -> int | None:
-    return _reply_size(reply[0]) if reply else None

@@ -28,6 +28,7 @@ from sidecar.core.calls import CallRecorder, Cancel
 from sidecar.core.ops import Op
 from sidecar.errors import CheckpointError, CheckpointTimeout
 from sidecar.models import CheckpointEvent, ContextLike
+from sidecar.seal import sealer_for
 from sidecar.store import server_address
 from sidecar.sync.store import SyncRedisClient, SyncStore, build_sync_client, is_bounded
 from sidecar.telemetry import Instrumentation
@@ -70,6 +71,7 @@ class SyncCheckpointer:
                 "sidecar.sync.store.build_sync_client"
             )
         self._close_client = close_client
+        self.sealer = sealer_for(self.config, redis)  # compression, encryption (seal.py)
         self.telemetry = Instrumentation(
             registry=registry,
             tracer_provider=tracer_provider,
@@ -205,9 +207,10 @@ class SyncCheckpointer:
         def call() -> T:
             nonlocal size
             reply = store.send(op.operation, command, budget)
+            result = parse(reply)  # opens sealed values: measure then sees their logical size
             if measure is not None:
                 size = measure(reply)
-            return parse(reply)
+            return result
 
         return self.execute(
             op.operation, command.db_operation, call, ids=op.ids, slot=op.slot,

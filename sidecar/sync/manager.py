@@ -21,7 +21,7 @@ class SyncCheckpointManager:
     def __init__(self, checkpointer: SyncCheckpointer, ctx: ContextLike) -> None:
         self._cp = checkpointer
         scope = scope_for(checkpointer.config, ctx, checkpointer.store.slot)
-        self.verbs = Verbs(scope, checkpointer.config, checkpointer.calls)
+        self.verbs = Verbs(scope, checkpointer.config, checkpointer.calls, checkpointer.sealer)
         self.keys = scope.keys
         self.user_id, self.run_id = scope.ids
         self.slot = scope.slot

@@ -25,6 +25,7 @@ from redis.retry import Retry
 from sidecar.core.ops import Arg, Command
 from sidecar.lua import Script
 from sidecar.store import key_slot, mapped_error, mapped_errors, shard_name
+from sidecar.sync.replication import run_script_durably
 
 SyncRedisClient: TypeAlias = "redis.Redis | RedisCluster"
 
@@ -142,6 +143,8 @@ class SyncStore:
         """Send one command within ``budget_s`` seconds (None: no deadline)."""
         DEADLINE.at = None if budget_s is None else time.monotonic() + budget_s
         try:
+            if command.wait is not None and command.script is not None:
+                return run_script_durably(self.client, command, operation)
             if command.script is not None:
                 return self.run_script(command.script, command.keys, command.args)
             with mapped_errors(operation):
