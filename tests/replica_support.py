@@ -127,19 +127,21 @@ class DelayProxy:
 
     async def drop(self) -> None:
         """Discard every byte held and cut every connection (abort: no FIN, no flush); accept
-        nothing more."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        nothing more. Everything that loses data happens before the first ``await``, so no
+        held chunk can be forwarded meanwhile."""
         for writer in self._writers:
             writer.transport.abort()
         self._writers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
 
     async def aclose(self) -> None:
         await self.drop()
