@@ -221,7 +221,8 @@ async def test_eviction_policy_what_can_vanish(faulty_server: ServerFactory) -> 
     reverse, or lose its lease. What holds: every section still there is whole and correct,
     and the library reports what it finds (see docs/faults.md for the figures)."""
     server = faulty_server(extra_args=("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"))
-    cfg = CheckpointConfig(budget_ms=2000)
+    # 8 KB of "x" stored as 8 KB (zstd, the default, would store ~40 bytes: nothing to evict)
+    cfg = CheckpointConfig(budget_ms=2000, compression="none")
     ctxs = [RunContext(user_id="u", run_id=f"r{i}") for i in range(300)]
     body = "x" * 8_000
     async with Checkpointer.from_url(server.url, config=cfg, registry=CollectorRegistry()) as cp:
