@@ -201,7 +201,11 @@ async def compare(
     # otherwise send through asyncio.wait_for, ~a task per send), so only the designs differ
     naive_client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=None)
     registry = CollectorRegistry()
-    config = CheckpointConfig(key_prefix="ckpt", budget_ms=1000, ttl_seconds=3600)
+    config = (
+        CheckpointConfig(  # the same bytes as the naive client: compression in bench/storage.py
+            key_prefix="ckpt", budget_ms=1000, ttl_seconds=3600, compression="none"
+        )
+    )
     cp = Checkpointer.from_url(url, config=config, registry=registry)
     designs: dict[str, Factory] = {
         "naive": lambda user, run: NaiveCheckpointManager(naive_client, user, run),

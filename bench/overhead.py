@@ -86,7 +86,11 @@ async def run(url: str, iterations: int, warmup: int) -> dict[str, Any]:
     provider.add_span_processor(
         BatchSpanProcessor(exporter, max_queue_size=1 << 17, max_export_batch_size=2048)
     )
-    config = CheckpointConfig(key_prefix="bench-overhead", budget_ms=100, ttl_seconds=3600)
+    config = (
+        CheckpointConfig(  # bare redis-py sends the same bytes: compression in bench/storage.py
+            key_prefix="bench-overhead", budget_ms=100, ttl_seconds=3600, compression="none"
+        )
+    )
     instrumented = Checkpointer.from_url(
         url, config=config, registry=CollectorRegistry(), tracer_provider=provider
     )

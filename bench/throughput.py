@@ -102,7 +102,7 @@ async def throughput(url: str, seconds: float) -> dict[str, dict[str, float]]:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(DropExporter(), max_queue_size=1 << 17))
     setups: dict[str, Any] = {"OTel SDK": provider, "no-op tracer": NoOpTracerProvider()}
-    config = CheckpointConfig(key_prefix="ckpt-tp", budget_ms=100)
+    config = CheckpointConfig(key_prefix="ckpt-tp", budget_ms=100, compression="none")
     figures: dict[str, dict[str, float]] = {}
     for label, tracer_provider in setups.items():
         cp = Checkpointer.from_url(
@@ -130,7 +130,9 @@ async def throughput(url: str, seconds: float) -> dict[str, dict[str, float]]:
 async def memory_per_run(url: str, runs: int) -> dict[str, float]:
     admin = aioredis.Redis.from_url(url)
     await admin.flushall()  # our private server only
-    cp = Checkpointer.from_url(url, config=CheckpointConfig(key_prefix="ckpt", budget_ms=1000))
+    # plain JSON, as the naive client stores it (compressed figures: bench/storage.py)
+    plain = CheckpointConfig(key_prefix="ckpt", budget_ms=1000, compression="none")
+    cp = Checkpointer.from_url(url, config=plain)
     figures: dict[str, float] = {}
     ctx = RunContext(user_id="user-0001", run_id="run-000001")
     async with cp.run(ctx, plan=SECTIONS) as run:
