@@ -72,3 +72,17 @@ def test_steps_quick(tmp_path: Path) -> None:
         assert figures["one_round_trip_steps_per_s"] > 0
         assert figures["two_round_trips_steps_per_s"] > 0
     assert data["spans_exported"] > 0
+
+
+def test_storage_quick(tmp_path: Path) -> None:
+    text, data = run_bench("storage.py", tmp_path)
+    assert "Redis bytes per run" in text
+    forms = ("plain", "zstd", "aes-gcm", "zstd+aes-gcm")
+    for size in ("2 KB", "20 KB"):
+        memory = data["memory_bytes_per_run"][size]
+        assert set(memory) == set(forms)
+        assert memory["zstd"] < memory["plain"]  # real text compresses (exact, not a timing)
+        assert set(data["library_p50"][size]) == set(forms)
+    for variant in ("min_replicas=0", "min_replicas=1", "min_local_fsync (everysec)"):
+        assert data["replicated_saves"][variant]["save_p50_s"] > 0
+    assert data["replicated_saves"]["min_replicas=1"]["confirmed_share"] == 1.0

@@ -136,6 +136,8 @@ async def test_a_ciphertext_moved_to_another_run_or_section_is_refused(
             await b.load_section("summary")
         with pytest.raises(IntegrityError):
             await b.load_all_sections()
+        with pytest.raises(IntegrityError):
+            await b.resume_view()
         await move(redis_client, CTX, "summary", CTX, "action_items")  # another section
         with pytest.raises(IntegrityError, match="'action_items'"):
             await a.load_section("action_items")
