@@ -14,6 +14,8 @@ OPERATION_DURATION: Final = "checkpoint_operation_duration_seconds"
 BUDGET_EXCEEDED: Final = "checkpoint_budget_exceeded_total"
 BUDGET_SECONDS: Final = "checkpoint_budget_seconds"
 SECTION_BYTES: Final = "checkpoint_section_bytes"
+# Bytes of a section as stored in Redis (after compression / encryption), label ``operation``.
+SECTION_STORED_BYTES: Final = "checkpoint_section_stored_bytes"
 RUNS_STARTED: Final = "checkpoint_runs_started_total"
 RUNS_FINISHED: Final = "checkpoint_runs_finished_total"
 SECTIONS: Final = "checkpoint_sections_total"
@@ -21,8 +23,12 @@ CIRCUIT_OPEN: Final = "checkpoint_circuit_open"
 # Written by the sidecar's expiry watcher.
 TTL_EXPIRIES: Final = "checkpoint_ttl_expiries_total"
 LEASE_EXPIRIES: Final = "checkpoint_lease_expiries_total"
+# Runs whose keys Redis evicted under ``maxmemory`` (``evicted`` events, not ``expired``).
+RUN_EVICTIONS: Final = "checkpoint_run_evictions_total"
 WATCHER_UP: Final = "sidecar_expiry_watcher_up"
 WATCHER_RECONNECTS: Final = "sidecar_expiry_watcher_reconnects_total"
+# 1 while this sidecar is one of the elected watchers that count expiries for its Redis.
+WATCHER_COUNTING: Final = "sidecar_expiry_watcher_counting"
 REDIS_UP: Final = "sidecar_redis_up"
 
 # --- label values -------------------------------------------------------------------------
@@ -40,6 +46,17 @@ OPERATIONS: Final = (
     "lease_release",
     "mark_in_progress",
     "resume_view",
+)
+# operation: the LangGraph saver's calls (one label value per BaseCheckpointSaver method).
+LANGGRAPH_OPERATIONS: Final = (
+    "lg_put",
+    "lg_put_writes",
+    "lg_get_tuple",
+    "lg_list",
+    "lg_delete_thread",
+    "lg_delete_for_runs",
+    "lg_copy_thread",
+    "lg_prune",
 )
 # outcome of one operation.
 OK: Final = "ok"  # Redis answered within the budget

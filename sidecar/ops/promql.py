@@ -16,6 +16,13 @@ Latency SLI (see docs/runbooks.md, "The latency SLO"):
 * good = events with outcome ``ok`` or ``error`` in the bucket ``le="<budget>"``. A timeout is
   always bad: by definition the call gave up at the budget. A fast error is a latency success
   (the caller got its answer in time); errors are paged on by ``CheckpointErrorsHigh``.
+
+No operation is named anywhere: every verb, the seed's and the LangGraph saver's (``lg_*``)
+alike, counts in the SLI and shows in the panels.
+
+Ratios never divide by zero: a denominator is kept only where it is above zero (``/ (d > 0)``),
+so an idle job has no ratio at all instead of ``NaN`` or ``+Inf``. Where a missing numerator
+series means "none happened" (a counter family whose other label values exist), it reads 0.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ TARGET_LABELS = ("instance", "pod")
 _LATENCY_EVENT_OUTCOMES = (names.OK, names.ERROR, names.TIMEOUT)
 _GOOD_OUTCOMES = (names.OK, names.ERROR)
 _FAILED_OUTCOMES = (names.ERROR, names.TIMEOUT)
+# Calls that did not get a checkpoint done: failed, or skipped by an open circuit. ``rejected``
+# is Redis (or the library) answering "no" to this caller: not an outage.
+_UNAVAILABLE_OUTCOMES = (names.ERROR, names.TIMEOUT, names.SKIPPED)
+_ATTEMPT_OUTCOMES = (names.OK, names.ERROR, names.TIMEOUT, names.SKIPPED)
 
 
 def le_label(budget_seconds: float) -> str:
@@ -48,6 +59,17 @@ def regex(values: tuple[str, ...]) -> str:
 def without(*extra: str) -> str:
     """``sum without (...)`` dropping the target labels plus ``extra``."""
     return "sum without (" + ", ".join((*TARGET_LABELS, *extra)) + ")"
+
+
+def ratio(numerator: str, denominator: str, *, absent_is_zero: bool = False) -> str:
+    """``numerator / denominator`` where the denominator is above zero, never ``NaN``/``+Inf``.
+
+    ``absent_is_zero``: a missing numerator series means "none" (``or denominator * 0``), so a
+    healthy job reads 0 rather than nothing. Not for numerators another process exports (TTL
+    expiries come from the sidecar: no sidecar is not "no expiries").
+    """
+    top = f"({numerator} or {denominator} * 0)" if absent_is_zero else f"({numerator})"
+    return f"{top} / ({denominator} > 0)"
 
 
 @dataclass(frozen=True)
@@ -86,15 +108,39 @@ class Queries:
         return f"1 - {self.sli_good_ratio(window)}"
 
     # --- outcomes ---------------------------------------------------------------------------
+    def outcomes_rate(self, window: str, outcomes: tuple[str, ...]) -> str:
+        count = self._sel(names.OPERATION_DURATION + "_count", f'outcome=~"{regex(outcomes)}"')
+        return f"{without('operation', 'outcome')} (rate({count}[{window}]))"
+
+    def events_increase(self, window: str) -> str:
+        """Operations that reached Redis in ``window`` (the traffic guard of ratio alerts)."""
+        count = self._sel(
+            names.OPERATION_DURATION + "_count", f'outcome=~"{regex(_LATENCY_EVENT_OUTCOMES)}"'
+        )
+        return f"{without('operation', 'outcome')} (increase({count}[{window}]))"
+
     def failed_ratio(self, window: str) -> str:
         """error + timeout share of the operations that reached Redis."""
-        failed = self._sel(
-            names.OPERATION_DURATION + "_count", f'outcome=~"{regex(_FAILED_OUTCOMES)}"'
+        return ratio(
+            self.outcomes_rate(window, _FAILED_OUTCOMES),
+            self.events_rate(window),
+            absent_is_zero=True,
         )
-        return (
-            f"{without('operation', 'outcome')} (rate({failed}[{window}]))"
-            f" / {self.events_rate(window)}"
+
+    def unavailable_ratio(self, window: str) -> str:
+        """Share of checkpoint calls that got nothing done: error, timeout or skipped.
+
+        1 means not one call succeeded in ``window``: a total outage, however sparse the
+        traffic (one call every 30 s is 10 calls in 5 minutes, all of them failed or skipped).
+        """
+        return ratio(
+            self.outcomes_rate(window, _UNAVAILABLE_OUTCOMES),
+            self.outcomes_rate(window, _ATTEMPT_OUTCOMES),
+            absent_is_zero=True,
         )
+
+    def ok_rate(self, window: str) -> str:
+        return self.outcomes_rate(window, (names.OK,))
 
     # --- runs -------------------------------------------------------------------------------
     def runs_started(self, window: str, mode: str | None = None) -> str:
@@ -102,10 +148,22 @@ class Queries:
         sel = self._sel(names.RUNS_STARTED, *extra)
         return f"{without('mode')} (rate({sel}[{window}]))"
 
+    def runs_started_increase(self, window: str) -> str:
+        """Runs started in ``window`` (the traffic guard of the run ratios)."""
+        return f"{without('mode')} (increase({self._sel(names.RUNS_STARTED)}[{window}]))"
+
     def resumed_ratio(self, window: str) -> str:
-        return f"{self.runs_started(window, 'resumed')} / {self.runs_started(window)}"
+        return ratio(
+            self.runs_started(window, "resumed"), self.runs_started(window), absent_is_zero=True
+        )
+
+    def ttl_expiries(self, window: str) -> str:
+        return f"{without()} (rate({self._sel(names.TTL_EXPIRIES)}[{window}]))"
 
     def ttl_expiry_ratio(self, window: str) -> str:
-        """Runs that expired unfinished per run started (increase, not rate, reads better)."""
-        expiries = f"{without()} (rate({self._sel(names.TTL_EXPIRIES)}[{window}]))"
-        return f"{expiries} / {self.runs_started(window)}"
+        """Runs that expired unfinished per run started; nothing (not ``+Inf``) when none started.
+
+        Idle agents whose old runs expire have no ratio at all: what they mean is an absolute
+        count, which the TTL alert's guard and the expiries panel show.
+        """
+        return ratio(self.ttl_expiries(window), self.runs_started(window))

@@ -244,6 +244,6 @@ async def _check_everything(
 async def _check_rules_loaded(client: httpx.AsyncClient) -> None:
     groups = (await api(client, "/api/v1/rules"))["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 17
+    assert len(rules) == 23
     unhealthy = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not unhealthy
