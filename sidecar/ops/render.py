@@ -20,23 +20,22 @@ from sidecar.ops.dashboards import to_grafana_json
 from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO
 
 PANELS = (
+    "Latency p99 by operation vs budget",
     "Operations/s by operation",
-    "Latency p50 / p95 / p99 by operation",
-    "Outcomes by operation (non-ok)",
-    "Share within budget vs SLO",
+    "Non-ok outcomes by operation",
+    "Within budget vs SLO",
     "Sections restored vs produced (LLM calls saved)",
-    "Latency heatmap (exemplars link to traces)",
+    "Latency heatmap",
 )
+_VARIABLES = ("job", "namespace", "pod", "instance")
 _MAX_SERIES = 8
 
 
 def grafana_to_promql(expr: str, rate_interval: str) -> str:
     """A dashboard expression with Grafana's variables replaced for a direct query."""
-    return (
-        expr.replace('"$job"', '".*"')
-        .replace('"$instance"', '".*"')
-        .replace("$__rate_interval", rate_interval)
-    )
+    for variable in _VARIABLES:
+        expr = expr.replace(f'"${variable}"', '".*"')
+    return expr.replace("$__rate_interval", rate_interval)
 
 
 def query_range(
@@ -64,6 +63,8 @@ def _panels_by_title() -> dict[str, dict[str, Any]]:
     board = to_grafana_json(overview.build(DEFAULT_BUDGET_MS / 1000.0, DEFAULT_SLO))
     found: dict[str, dict[str, Any]] = {}
     for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
         title = str(panel["title"])
         for wanted in PANELS:
             if title.startswith(wanted):

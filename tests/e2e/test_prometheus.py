@@ -10,6 +10,11 @@ budget and open the circuit breaker.
 Then every PromQL expression of every dashboard panel, every recording rule and every alert
 (without its final comparison, or inside its ``absent()``) must parse and return data, and the
 latency histogram must come back with an exemplar whose trace id is one of our spans.
+
+Metrics that no code on this branch emits yet (:data:`NOT_EMITTED_YET`: the elected counting
+watcher, run evictions, stored section bytes) cannot return data here: expressions reading
+them must parse, and must return data as soon as Prometheus has any series of the metric, so
+the check tightens by itself when the code that emits them lands.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from .prom import api, running_prometheus
 
 RATE_INTERVAL = "1m"  # covers the whole workload
 PLAN = ["plan", "draft", "final"]
+NOT_EMITTED_YET = (names.WATCHER_COUNTING, names.RUN_EVICTIONS, names.SECTION_STORED_BYTES)
 
 
 class AgentFailed(Exception):
@@ -212,9 +218,15 @@ async def _check_everything(
     assert await _scalar(client, f"sum({names.TTL_EXPIRIES})") >= 1
     assert await _scalar(client, 'count(up{job="checkpoint"} == 1)') == 2
 
+    absent_metrics = set()
+    for metric in NOT_EMITTED_YET:
+        data = await api(client, "/api/v1/query", query=f'count({{__name__=~"{metric}.*"}})')
+        if not data["result"]:
+            absent_metrics.add(metric)
     failures = []
+    valid_only = []
     expressions = _dashboard_expressions() + _rule_expressions()
-    assert len(expressions) >= 40
+    assert len(expressions) >= 60
     for where, expr in expressions:
         query = grafana_to_promql(expr, RATE_INTERVAL)
         response = await client.get("/api/v1/query", params={"query": query})
@@ -222,8 +234,12 @@ async def _check_everything(
         if body.get("status") != "success":
             failures.append(f"{where}: {body.get('error')}\n    {query}")
         elif not body["data"]["result"]:
-            failures.append(f"{where}: no data\n    {query}")
+            if any(metric in expr for metric in absent_metrics):
+                valid_only.append(where)
+            else:
+                failures.append(f"{where}: no data\n    {query}")
     assert not failures, "\n".join(failures)
+    print(f"e2e: {len(expressions)} expressions, valid only (metric not emitted): {valid_only}")
 
     now = time.time()
     exemplars = await api(
