@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -53,10 +54,9 @@ def query_range(
 
 
 def _legend(template: str, labels: dict[str, str]) -> str:
-    out = template
-    for key, value in labels.items():
-        out = out.replace("{{" + key + "}}", value)
-    return out
+    """Grafana's legend: ``{{label}}`` replaced by its value, by nothing when it is absent."""
+    out = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template)
+    return " ".join(out.split())
 
 
 def _panels_by_title() -> dict[str, dict[str, Any]]:

@@ -303,7 +303,15 @@ def alerts(budget_ms: float, slo: float) -> list[Alert]:
         ),
         Alert(
             name="CheckpointExpiryWatcherDown",
-            terms=(Term(f"max without (pid) ({names.WATCHER_UP})", "== 0"),),
+            # A standby sidecar (elected watchers count; the others report counting 0) may
+            # well be unsubscribed: only a sidecar that should count is judged.
+            terms=(
+                Term(
+                    f"max without (pid) ({names.WATCHER_UP})",
+                    "== 0",
+                    unless=f"on (job, instance) ({names.WATCHER_COUNTING} == 0)",
+                ),
+            ),
             severity="warning",
             for_="10m",
             summary="The sidecar's expiry watcher is not subscribed",
