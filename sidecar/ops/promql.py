@@ -75,7 +75,7 @@ def ratio(numerator: str, denominator: str, *, absent_is_zero: bool = False) -> 
 @dataclass(frozen=True)
 class Queries:
     """PromQL for one budget. ``matchers`` is spliced into every selector (dashboards pass
-    ``job=~"$job", instance=~"$instance"``; rules pass nothing)."""
+    their variables, :data:`sidecar.ops.panels.TARGET_MATCHERS`; rules pass nothing)."""
 
     budget_seconds: float
     matchers: str = ""
@@ -101,7 +101,7 @@ class Queries:
 
     def sli_good_ratio(self, window: str) -> str:
         """Share of latency events within the budget in ``window``."""
-        return f"({self.good_rate(window)}) / ({self.events_rate(window)})"
+        return ratio(self.good_rate(window), self.events_rate(window))
 
     def sli_error_ratio(self, window: str) -> str:
         """Share of latency events over the budget (or timed out) in ``window``."""

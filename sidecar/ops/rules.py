@@ -1,11 +1,24 @@
-"""Prometheus recording and alerting rules for the checkpoint latency SLO, as data.
+"""Prometheus recording and alerting rules for checkpointing, as data.
 
 Each alert is a list of :class:`Term` s: a *probe* (the PromQL whose value the alert looks at)
-and the comparison that makes it fire. The YAML is assembled from them, and the end-to-end test
-evaluates every probe against a real Prometheus, so an alert naming a metric that does not
-exist is caught before an operator finds out that it can never fire.
+and the comparison that makes it fire. The YAML is assembled from them
+(:func:`rules_document` returns the groups: the rule file and the Prometheus Operator's
+``PrometheusRule`` are both written from it), and the end-to-end test evaluates every probe
+against a real Prometheus, so an alert naming a metric that does not exist is caught before an
+operator finds out that it can never fire.
 
-Recording rules follow Sloth's naming (``<prefix>:sli_error:ratio_rate<window>``).
+What the alerts promise:
+
+* severity by impact: ``critical`` pages when checkpoints are lost now (Redis unavailable) or
+  the latency SLO burns fast; losing observability only (the sidecar) is a ``warning``;
+* a total outage pages whatever the agents' traffic (:func:`_redis_unavailable`);
+* ratios never divide by zero, and ratio alerts wait for a minimum of traffic (the
+  ``*_MIN_*`` guards): one resume out of four runs is not an incident;
+* descriptions name the namespace and the pod when Prometheus has them; every ``runbook_url``
+  is absolute (:data:`RUNBOOK_URL`, overridable).
+
+Thresholds are module constants, read by the dashboards that draw them. Recording rules follow
+Sloth's naming (``<prefix>:sli_error:ratio_rate<window>``).
 """
 
 from __future__ import annotations
