@@ -298,6 +298,7 @@ async def test_redis_outage_pends_the_page_for_a_sparse_agent(tmp_path: pathlib.
                         if a["metric"]["alertname"] == "CheckpointRedisUnavailable"
                     ]  # fmt: skip
                 assert pending, f"no CheckpointRedisUnavailable after {saves} failed saves"
+                print(f"e2e outage: pending after {saves} failed saves")
                 assert pending[0]["metric"]["alertstate"] == "pending"  # `for: 3m` to go
                 assert pending[0]["metric"]["severity"] == "critical"
                 ratio = await _scalar(client, "checkpoint:operations_unavailable:ratio_rate5m")
