@@ -13,9 +13,8 @@ from typing import Final
 OPERATION_DURATION: Final = "checkpoint_operation_duration_seconds"
 BUDGET_EXCEEDED: Final = "checkpoint_budget_exceeded_total"
 BUDGET_SECONDS: Final = "checkpoint_budget_seconds"
-SECTION_BYTES: Final = "checkpoint_section_bytes"
-# Bytes of a section as stored in Redis (after compression / encryption), label ``operation``.
-SECTION_STORED_BYTES: Final = "checkpoint_section_stored_bytes"
+SECTION_BYTES: Final = "checkpoint_section_bytes"  # serialized (logical) size
+SECTION_STORED_BYTES: Final = "checkpoint_section_stored_bytes"  # as stored: sealed, compressed
 RUNS_STARTED: Final = "checkpoint_runs_started_total"
 RUNS_FINISHED: Final = "checkpoint_runs_finished_total"
 SECTIONS: Final = "checkpoint_sections_total"
@@ -23,12 +22,10 @@ CIRCUIT_OPEN: Final = "checkpoint_circuit_open"
 # Written by the sidecar's expiry watcher.
 TTL_EXPIRIES: Final = "checkpoint_ttl_expiries_total"
 LEASE_EXPIRIES: Final = "checkpoint_lease_expiries_total"
-# Runs whose keys Redis evicted under ``maxmemory`` (``evicted`` events, not ``expired``).
 RUN_EVICTIONS: Final = "checkpoint_run_evictions_total"
 WATCHER_UP: Final = "sidecar_expiry_watcher_up"
-WATCHER_RECONNECTS: Final = "sidecar_expiry_watcher_reconnects_total"
-# 1 while this sidecar is one of the elected watchers that count expiries for its Redis.
 WATCHER_COUNTING: Final = "sidecar_expiry_watcher_counting"
+WATCHER_RECONNECTS: Final = "sidecar_expiry_watcher_reconnects_total"
 REDIS_UP: Final = "sidecar_redis_up"
 
 # --- label values -------------------------------------------------------------------------
@@ -47,7 +44,7 @@ OPERATIONS: Final = (
     "mark_in_progress",
     "resume_view",
 )
-# operation: the LangGraph saver's calls (one label value per BaseCheckpointSaver method).
+# operation: the LangGraph saver's methods (sidecar.langgraph), one label value each.
 LANGGRAPH_OPERATIONS: Final = (
     "lg_put",
     "lg_put_writes",
@@ -58,6 +55,8 @@ LANGGRAPH_OPERATIONS: Final = (
     "lg_copy_thread",
     "lg_prune",
 )
+# every operation label value the library records.
+ALL_OPERATIONS: Final = OPERATIONS + LANGGRAPH_OPERATIONS
 # outcome of one operation.
 OK: Final = "ok"  # Redis answered within the budget
 ERROR: Final = "error"  # Redis unreachable or refused the command

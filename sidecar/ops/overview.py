@@ -19,12 +19,10 @@ from sidecar import names
 from sidecar.ops import health
 from sidecar.ops import panels as p
 from sidecar.ops import rules as r
-from sidecar.ops.promql import Queries, le_label, regex
+from sidecar.ops.promql import LATENCY_EVENTS, Queries, le_label
 
 UID = "checkpoint-overview"
 FILENAME = "checkpoint-overview"
-_NON_OK = (names.ERROR, names.TIMEOUT, names.SKIPPED, names.REJECTED)
-_LATENCY_EVENTS = f'outcome=~"{regex((names.OK, names.ERROR, names.TIMEOUT))}"'
 _COMPRESSED_OPERATION = 'operation="save_section"'
 
 
@@ -33,7 +31,7 @@ def _by_operation_rate(metric: str, *matchers: str) -> str:
 
 
 def _quantile(q: float, by: str) -> str:
-    bucket = p.sel(names.OPERATION_DURATION + "_bucket", _LATENCY_EVENTS)
+    bucket = p.sel(names.OPERATION_DURATION + "_bucket", LATENCY_EVENTS)
     return f"histogram_quantile({q}, sum by ({by}) (rate({bucket}[{p.RATE}])))"
 
 
@@ -140,12 +138,13 @@ def _overview_row(qs: Queries, slo: float, runbook_url: str) -> list[Any]:
 
 def _latency_row(qs: Queries, slo: float, runbook_url: str) -> list[Any]:
     burn = [name for name, *_ in r.BURN_ALERTS]
-    heatmap_bucket = p.sel(names.OPERATION_DURATION + "_bucket", _LATENCY_EVENTS)
+    heatmap_bucket = p.sel(names.OPERATION_DURATION + "_bucket", LATENCY_EVENTS)
     return [
         p.timeseries(
             "Latency p99 by operation vs budget",
-            "The 99th percentile of each operation that reached Redis (ok, error, timeout),"
-            " one line per operation: the seed's verbs and the LangGraph saver's lg_* calls."
+            "The 99th percentile of each operation over the calls that reached Redis (skipped"
+            " and rejected calls made none), one line per operation: the seed's verbs and the"
+            " LangGraph saver's lg_* calls."
             " The dashed red line is the configured budget, read from"
             " checkpoint_budget_seconds. A line above it burns the SLO.",
             p.targets(
@@ -207,7 +206,7 @@ def _latency_row(qs: Queries, slo: float, runbook_url: str) -> list[Any]:
 
 
 def _outcomes_row(runbook_url: str) -> list[Any]:
-    non_ok = p.sel(names.OPERATION_DURATION + "_count", f'outcome=~"{regex(_NON_OK)}"')
+    non_ok = p.sel(names.OPERATION_DURATION + "_count", f'outcome!="{names.OK}"')
     return [
         p.timeseries(
             "Operations/s by operation",
@@ -219,7 +218,8 @@ def _outcomes_row(runbook_url: str) -> list[Any]:
         p.timeseries(
             "Non-ok outcomes by operation",
             "error = Redis refused or unreachable; timeout = no answer within the budget;"
-            " skipped = circuit open, no call made; rejected = caller mistake or lease conflict.",
+            " skipped = circuit open, no call made; rejected = caller mistake or lease conflict;"
+            " corrupt = a stored value that did not decode or authenticate.",
             p.targets(
                 (
                     f"sum by (operation, outcome) (rate({non_ok}[{p.RATE}]))",

@@ -10,12 +10,14 @@ labels, and keeps the rest (``job``, ``namespace`` ...). No job name is hard-cod
 
 Latency SLI (see docs/runbooks.md, "The latency SLO"):
 
-* events = operations that reached Redis: outcome ``ok``, ``error`` or ``timeout``. ``skipped``
-  (circuit open, no network call) and ``rejected`` (caller mistake, lease conflict) are not
-  latency events; the circuit-breaker and error alerts cover them.
-* good = events with outcome ``ok`` or ``error`` in the bucket ``le="<budget>"``. A timeout is
-  always bad: by definition the call gave up at the budget. A fast error is a latency success
-  (the caller got its answer in time); errors are paged on by ``CheckpointErrorsHigh``.
+* events = operations that reached Redis: every outcome but ``skipped`` (circuit open, no
+  network call) and ``rejected`` (caller mistake, lease conflict), which are not latency events;
+  the outage and error alerts cover them. So ``ok``, ``error``, ``timeout``, ``corrupt`` (Redis
+  answered, the value did not decode) and any outcome added later are events: selectors exclude
+  outcomes rather than list them, so a new outcome cannot silently drop out of the SLI.
+* good = events other than ``timeout`` in the bucket ``le="<budget>"``. A timeout is always
+  bad: by definition the call gave up at the budget. A fast error is a latency success (the
+  caller got its answer in time); errors are paged on by ``CheckpointErrorsHigh``.
 
 No operation is named anywhere: every verb, the seed's and the LangGraph saver's (``lg_*``)
 alike, counts in the SLI and shows in the panels.
@@ -33,13 +35,14 @@ from sidecar import names
 
 # Labels that identify one scraped process; dropped so agents and the sidecar add up.
 TARGET_LABELS = ("instance", "pod")
-_LATENCY_EVENT_OUTCOMES = (names.OK, names.ERROR, names.TIMEOUT)
-_GOOD_OUTCOMES = (names.OK, names.ERROR)
-_FAILED_OUTCOMES = (names.ERROR, names.TIMEOUT)
-# Calls that did not get a checkpoint done: failed, or skipped by an open circuit. ``rejected``
-# is Redis (or the library) answering "no" to this caller: not an outage.
-_UNAVAILABLE_OUTCOMES = (names.ERROR, names.TIMEOUT, names.SKIPPED)
-_ATTEMPT_OUTCOMES = (names.OK, names.ERROR, names.TIMEOUT, names.SKIPPED)
+# Outcome matchers. ``rejected`` is Redis (or the library) answering "no" to this caller: never
+# an outage and never a latency event; ``skipped`` made no network call.
+LATENCY_EVENTS = f'outcome!~"{names.SKIPPED}|{names.REJECTED}"'
+GOOD_IN_BUCKET = f'outcome!~"{names.TIMEOUT}|{names.SKIPPED}|{names.REJECTED}"'
+FAILED = f'outcome=~"{names.ERROR}|{names.TIMEOUT}"'
+# Calls that did not get a checkpoint done: failed, or skipped by an open circuit.
+UNAVAILABLE = f'outcome=~"{names.ERROR}|{names.TIMEOUT}|{names.SKIPPED}"'
+ATTEMPTS = f'outcome!="{names.REJECTED}"'
 
 
 def le_label(budget_seconds: float) -> str:
@@ -49,11 +52,6 @@ def le_label(budget_seconds: float) -> str:
     the budget to 9 decimals (:func:`sidecar.names.latency_buckets`); a test checks both agree.
     """
     return repr(round(budget_seconds, 9))
-
-
-def regex(values: tuple[str, ...]) -> str:
-    """An anchored alternation of label values, e.g. ``ok|error``."""
-    return "|".join(values)
 
 
 def without(*extra: str) -> str:
@@ -89,14 +87,12 @@ class Queries:
         bucket = self._sel(
             names.OPERATION_DURATION + "_bucket",
             f'le="{le_label(self.budget_seconds)}"',
-            f'outcome=~"{regex(_GOOD_OUTCOMES)}"',
+            GOOD_IN_BUCKET,
         )
         return f"{without('operation', 'outcome', 'le')} (rate({bucket}[{window}]))"
 
     def events_rate(self, window: str) -> str:
-        count = self._sel(
-            names.OPERATION_DURATION + "_count", f'outcome=~"{regex(_LATENCY_EVENT_OUTCOMES)}"'
-        )
+        count = self._sel(names.OPERATION_DURATION + "_count", LATENCY_EVENTS)
         return f"{without('operation', 'outcome')} (rate({count}[{window}]))"
 
     def sli_good_ratio(self, window: str) -> str:
@@ -108,21 +104,20 @@ class Queries:
         return f"1 - {self.sli_good_ratio(window)}"
 
     # --- outcomes ---------------------------------------------------------------------------
-    def outcomes_rate(self, window: str, outcomes: tuple[str, ...]) -> str:
-        count = self._sel(names.OPERATION_DURATION + "_count", f'outcome=~"{regex(outcomes)}"')
+    def outcomes_rate(self, window: str, outcomes: str) -> str:
+        """Operations per second whose outcome matches ``outcomes`` (a label matcher)."""
+        count = self._sel(names.OPERATION_DURATION + "_count", outcomes)
         return f"{without('operation', 'outcome')} (rate({count}[{window}]))"
 
     def events_increase(self, window: str) -> str:
         """Operations that reached Redis in ``window`` (the traffic guard of ratio alerts)."""
-        count = self._sel(
-            names.OPERATION_DURATION + "_count", f'outcome=~"{regex(_LATENCY_EVENT_OUTCOMES)}"'
-        )
+        count = self._sel(names.OPERATION_DURATION + "_count", LATENCY_EVENTS)
         return f"{without('operation', 'outcome')} (increase({count}[{window}]))"
 
     def failed_ratio(self, window: str) -> str:
         """error + timeout share of the operations that reached Redis."""
         return ratio(
-            self.outcomes_rate(window, _FAILED_OUTCOMES),
+            self.outcomes_rate(window, FAILED),
             self.events_rate(window),
             absent_is_zero=True,
         )
@@ -134,13 +129,13 @@ class Queries:
         traffic (one call every 30 s is 10 calls in 5 minutes, all of them failed or skipped).
         """
         return ratio(
-            self.outcomes_rate(window, _UNAVAILABLE_OUTCOMES),
-            self.outcomes_rate(window, _ATTEMPT_OUTCOMES),
+            self.outcomes_rate(window, UNAVAILABLE),
+            self.outcomes_rate(window, ATTEMPTS),
             absent_is_zero=True,
         )
 
     def ok_rate(self, window: str) -> str:
-        return self.outcomes_rate(window, (names.OK,))
+        return self.outcomes_rate(window, f'outcome="{names.OK}"')
 
     # --- runs -------------------------------------------------------------------------------
     def runs_started(self, window: str, mode: str | None = None) -> str:
