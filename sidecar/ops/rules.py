@@ -316,18 +316,12 @@ def alerts(budget_ms: float, slo: float) -> list[Alert]:
         ),
         Alert(
             name="CheckpointExpiryWatcherDown",
-            # A standby sidecar (elected watchers count; the others report counting 0) may
-            # well be unsubscribed: only a sidecar that should count is judged.
-            terms=(
-                Term(
-                    f"max without (pid) ({names.WATCHER_UP})",
-                    "== 0",
-                    unless=f"on (job, instance) ({names.WATCHER_COUNTING} == 0)",
-                ),
-            ),
+            # 1 while the watcher is healthy: counting, or standing by with Redis answering (a
+            # standby sidecar of the fleet is up); 0 means it could not take over counting.
+            terms=(Term(f"max without (pid) ({names.WATCHER_UP})", "== 0"),),
             severity="warning",
             for_="10m",
-            summary="The sidecar's expiry watcher is not subscribed",
+            summary="A sidecar's expiry watcher is down: it can neither count nor take over",
             description=(
                 f"The expiry watcher of {_TARGET} has been down for 10m"
                 " (value {{ $value | humanize }}): it cannot count TTL and lease expiries."
