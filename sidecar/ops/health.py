@@ -43,7 +43,8 @@ def _sidecar_row(runbook_url: str) -> list[Any]:
         ),
         p.stat(
             "Expiry watcher up",
-            "1 while the watcher is subscribed to Redis keyspace notifications.",
+            "1 while the watcher is healthy: counting (subscribed to keyspace notifications), or"
+            " standing by with Redis answering, ready to take over.",
             p.targets((_per_target(names.WATCHER_UP), _PER_TARGET)),
             "none",
             p.size(6, 5),

@@ -380,9 +380,10 @@ def _sidecar_row(runbook_url: str) -> list[Any]:
             links=[to_health, *p.runbook_links(runbook_url, "CheckpointExpiriesNotCounted")],
         ),
         p.stat(
-            "Expiry watchers subscribed",
-            f"Sidecars whose watcher is subscribed to keyspace notifications ({names.WATCHER_UP}).",
-            p.targets((f"sum({p.sel(names.WATCHER_UP)})", "subscribed")),
+            "Expiry watchers healthy",
+            f"Sidecars whose watcher is counting, or standing by with Redis answering, ready to"
+            f" take over ({names.WATCHER_UP}).",
+            p.targets((f"sum({p.sel(names.WATCHER_UP)})", "healthy")),
             "none",
             p.size(6, 5),
             thresholds=[(0, "red"), (1, "green")],
