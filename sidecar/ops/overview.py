@@ -7,7 +7,7 @@ shows what an alert judges plots the alert's own recording rule with the alert's
 drawn (values from :mod:`sidecar.ops.rules`, never retyped) and links to its runbook. The
 budget line is the ``checkpoint_budget_seconds`` gauge, not a number typed here.
 
-No operation is named: the seed's verbs and the LangGraph saver's ``lg_*`` calls all appear,
+No operation is named: the manager's verbs and the LangGraph saver's ``lg_*`` calls all appear,
 one series per operation at most.
 """
 
@@ -143,7 +143,7 @@ def _latency_row(qs: Queries, slo: float, runbook_url: str) -> list[Any]:
         p.timeseries(
             "Latency p99 by operation vs budget",
             "The 99th percentile of each operation over the calls that reached Redis (skipped"
-            " and rejected calls made none), one line per operation: the seed's verbs and the"
+            " and rejected calls made none), one line per operation: the manager's verbs and the"
             " LangGraph saver's lg_* calls."
             " The dashed red line is the configured budget, read from"
             " checkpoint_budget_seconds. A line above it burns the SLO.",

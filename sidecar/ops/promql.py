@@ -19,7 +19,7 @@ Latency SLI (see docs/runbooks.md, "The latency SLO"):
   bad: by definition the call gave up at the budget. A fast error is a latency success (the
   caller got its answer in time); errors are paged on by ``CheckpointErrorsHigh``.
 
-No operation is named anywhere: every verb, the seed's and the LangGraph saver's (``lg_*``)
+No operation is named anywhere: every verb, the manager's and the LangGraph saver's (``lg_*``)
 alike, counts in the SLI and shows in the panels.
 
 Ratios never divide by zero: a denominator is kept only where it is above zero (``/ (d > 0)``),

@@ -183,7 +183,7 @@ def test_ratio_alerts_have_a_traffic_guard() -> None:
 
 
 def test_no_rule_selects_an_operation() -> None:
-    """The SLI and every alert count all operations: the seed's verbs and the LangGraph
+    """The SLI and every alert count all operations: the manager's verbs and the LangGraph
     saver's ``lg_*`` calls alike (the promtool case "langgraph saver calls burn the budget"
     shows an lg_put series paging)."""
     assert len(names.LANGGRAPH_OPERATIONS) == 8
