@@ -6,14 +6,17 @@ import json
 import pathlib
 import re
 import runpy
+import subprocess
 from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from sidecar import names
 from sidecar.ops import generate_dashboards
 from sidecar.ops.dashboards import dashboards_json, render, to_grafana_json
+from sidecar.ops.render import grafana_to_promql
 from sidecar.ops.rules import (
     FAILED_RECORD,
     FAILED_THRESHOLD,
@@ -240,12 +243,6 @@ def test_latency_panel_selects_the_langgraph_saver(
     committed: dict[str, dict[str, Any]], tmp_path: pathlib.Path, promtool: str
 ) -> None:
     """Asked of promtool: the p99 panel draws one series per operation, lg_put among them."""
-    import subprocess
-
-    import yaml
-
-    from sidecar.ops.render import grafana_to_promql
-
     latency = _by_title(committed["checkpoint-overview"])["Latency p99 by operation vs budget"]
     expr = grafana_to_promql(latency["targets"][0]["expr"], "5m")
     labels = 'job="ckpt", namespace="agents", pod="agent-0", instance="10.0.0.1:9464"'
