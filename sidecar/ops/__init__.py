@@ -19,12 +19,19 @@ from sidecar.ops.rules import generate_rules as _generate_rules
 
 
 def generate_dashboards(
-    out_dir: pathlib.Path | str, *, budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
+    out_dir: pathlib.Path | str,
+    *,
+    budget_ms: float = DEFAULT_BUDGET_MS,
+    slo: float = DEFAULT_SLO,
+    runbook_url: str = RUNBOOK_URL,
 ) -> list[pathlib.Path]:
-    """Write every dashboard as ``<out_dir>/<name>.json``; return the paths written."""
+    """Write every dashboard as ``<out_dir>/<name>.json``; return the paths written.
+
+    ``runbook_url``: where alerting panels link to (the same URL as the rules').
+    """
     from sidecar.ops.dashboards import generate_dashboards as _generate
 
-    return _generate(pathlib.Path(out_dir), budget_ms=budget_ms, slo=slo)
+    return _generate(pathlib.Path(out_dir), budget_ms=budget_ms, slo=slo, runbook_url=runbook_url)
 
 
 def generate_rules(
@@ -36,7 +43,8 @@ def generate_rules(
 ) -> pathlib.Path:
     """Write the Prometheus rule file (recording rules and alerts) to ``out_path``.
 
-    ``runbook_url`` is where operators read docs/runbooks.md (each alert links to its heading).
+    ``runbook_url`` is where operators read docs/runbooks.md (each alert links to its heading);
+    absolute, or relative to the project's repository (``sidecar.ops.rules.RUNBOOK_BASE_URL``).
     """
     return _generate_rules(
         pathlib.Path(out_path), budget_ms=budget_ms, slo=slo, runbook_url=runbook_url
