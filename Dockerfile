@@ -8,9 +8,7 @@
 # The entry point is exec form, so nothing runs through a shell at run time.
 # checkov:skip=CKV_DOCKER_2:health is checked by the orchestrator's probes on /healthz and /readyz
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -22,7 +20,7 @@ ARG EXTRAS=server
 RUN /opt/venv/bin/pip install --no-compile "/src[${EXTRAS}]" \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
-FROM ${PYTHON_IMAGE}
+FROM python:3.11-slim-bookworm
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
