@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", metavar="URL", default=os.environ.get("SIDECAR_REDIS_URL"),
                         help="use this Redis instead of the embedded one "
                         "(env SIDECAR_REDIS_URL)")  # fmt: skip
-    parser.add_argument("--port", "--metrics-port", dest="metrics_port", type=port,
+    parser.add_argument("--port", "--metrics-port", dest="port", type=port,
                         default=DEFAULT_PORT, metavar="PORT",
                         help=f"port of /metrics on 127.0.0.1, as `serve --port` (default "
                         f"{DEFAULT_PORT}; 0 = any free port; a taken port falls back to a free "
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         slow_redis_s=args.slow_redis,
         keep_serving=args.keep_serving,
         redis_url=args.redis_url or None,
-        metrics_port=args.metrics_port,
+        metrics_port=args.port,
         json_path=args.json_path,
         abandon_ttl_s=args.abandon_ttl,
         budget_ms=budget_ms,

@@ -339,14 +339,13 @@ def _budget_ms(command: str, args: argparse.Namespace) -> float | None:
         return None
 
 
-def _to_stdout(write: Callable[[pathlib.Path], object], name: str) -> pathlib.Path:
+def _to_stdout(write: Callable[[pathlib.Path], object], name: str) -> None:
     """Let ``write`` generate into a temporary directory and copy the result to stdout: the
     generators stay the only code that shapes the output."""
     with tempfile.TemporaryDirectory(prefix="checkpoint-sidecar-") as tmp:
         target = pathlib.Path(tmp) / name
         write(target)
         sys.stdout.write(target.read_text(encoding="utf-8"))
-    return pathlib.Path("-")
 
 
 def _run_dashboards(args: argparse.Namespace) -> int:
@@ -366,7 +365,9 @@ def _run_dashboards(args: argparse.Namespace) -> int:
                 render(args.prometheus_url, args.render, window_s=args.render_window)
             except OSError as exc:
                 return _fail("dashboards", f"cannot render from {args.prometheus_url}: {exc}")
-    except (OSError, ValueError, ImportError) as exc:
+    except ImportError as exc:
+        return _fail("dashboards", f"{exc}: install 'checkpoint-sidecar[dashboards]'")
+    except (OSError, ValueError) as exc:
         return _fail("dashboards", str(exc))
     if args.out != "-":
         print(
@@ -430,7 +431,9 @@ def _run_alerts(args: argparse.Namespace) -> int:
                 _to_stdout(write, "rules.yml")
             else:
                 write(pathlib.Path(out))
-    except (OSError, ValueError, ImportError) as exc:
+    except ImportError as exc:
+        return _fail("alerts", f"{exc}: install 'checkpoint-sidecar[server]'")
+    except (OSError, ValueError) as exc:
         return _fail("alerts", str(exc))
     if out != "-":
         print(f"rules written to {out}")
