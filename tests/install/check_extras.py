@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from extras import INSTALL_LINES, MUST_FAIL  # noqa: E402
+from extras import INSTALL_LINES, MUST_FAIL
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
