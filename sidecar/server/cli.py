@@ -206,6 +206,8 @@ def _add_dashboards(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def _add_alerts(sub: argparse._SubParsersAction[Parser]) -> None:
+    from sidecar.ops.k8s import DEFAULT_NAME  # light: no YAML until something is written
+
     p = sub.add_parser(
         "alerts",
         help="write the Prometheus alerting and recording rules (YAML)",
@@ -227,7 +229,7 @@ def _add_alerts(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument(
         "--name",
-        default="checkpoint-sidecar",
+        default=DEFAULT_NAME,
         help="--format prometheusrule: the resource's name",
     )
     p.add_argument(
