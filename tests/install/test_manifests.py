@@ -230,3 +230,17 @@ def test_this_rendering_agrees_with_kubectl_kustomize(directory: Any) -> None:
     real = [doc for doc in yaml.safe_load_all(out) if doc]
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
     assert sorted(real, key=key) == sorted(render(directory), key=key)
+
+
+def test_the_sidecar_flags_in_the_manifests_and_the_image_are_real_flags() -> None:
+    from sidecar.server.cli import build_parser
+
+    sidecar = container(pod_spec(render(BASE)), SIDECAR)
+    args = build_parser().parse_args(sidecar["args"])
+    assert args.command == "serve"
+    assert (args.host, args.port, args.multiproc_dir) == ("0.0.0.0", 9464, MULTIPROC)
+    port = {p["name"]: p["containerPort"] for p in sidecar["ports"]}["metrics"]
+    assert port == args.port
+    dockerfile = (ROOT / "Dockerfile").read_text("utf-8")
+    (cmd,) = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
+    assert build_parser().parse_args(yaml.safe_load(cmd[4:])).command == "serve"
