@@ -60,6 +60,12 @@ def test_readme_names_exactly_the_install_lines_ci_checks() -> None:
     assert sorted(named) == sorted(INSTALL_LINES)
 
 
+def test_the_operations_page_lists_the_same_install_lines() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text("utf-8")
+    named = re.findall(r"^\| `pip install '?([\w\[\],-]+)'?` \|", text, re.M)
+    assert sorted(named) == sorted(INSTALL_LINES)
+
+
 def test_readme_indexes_every_docs_page_and_marks_the_missing_ones() -> None:
     text = README.read_text("utf-8")
     for page in DOCS:
