@@ -140,3 +140,13 @@ def test_the_image_runs_the_sidecar_as_a_non_root_user_without_a_shell() -> None
     # what the image runs as is what the pod asks for
     pod = by_kind(render(BASE), "Deployment")["spec"]["template"]["spec"]
     assert str(pod["securityContext"]["runAsUser"]) == users[-1].split(":")[0]
+
+
+def test_the_documented_agent_image_passes_hadolint(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "operations.md").read_text("utf-8")
+    block = re.search(r"```dockerfile\n(.*?)```", text, re.S)
+    assert block, "docs/operations.md shows an agent image"
+    path = tmp_path / "Dockerfile"
+    path.write_text(block.group(1))
+    done = subprocess.run([_hadolint(), str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
