@@ -207,6 +207,7 @@ def _add_dashboards(sub: argparse._SubParsersAction[Parser]) -> None:
 
 def _add_alerts(sub: argparse._SubParsersAction[Parser]) -> None:
     from sidecar.ops.k8s import DEFAULT_NAME  # light: no YAML until something is written
+    from sidecar.ops.rules import RUNBOOK_URL
 
     p = sub.add_parser(
         "alerts",
@@ -250,7 +251,7 @@ def _add_alerts(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument(
         "--runbook-url",
         metavar="URL",
-        default="docs/runbooks.md",
+        default=RUNBOOK_URL,  # sidecar.ops.rules' own: one default for CLI, module and tests
         help="where your operators read docs/runbooks.md; each alert links to its heading",
     )
     p.set_defaults(handler=_run_alerts, parser=p)
