@@ -67,6 +67,14 @@ def test_every_manifest_is_valid_for_kubernetes(version: str) -> None:
             pytest.fail(f"{where} is not valid for Kubernetes {version}: {exc.message}")
 
 
+def test_older_clusters_need_the_pre_1_29_variant_and_accept_it() -> None:
+    """1.27 knows no native sidecars: the base is refused there, the overlay is valid."""
+    base, old = by_kind(render(BASE), "Deployment"), by_kind(render(PRE_129), "Deployment")
+    with pytest.raises(kubernetes_validate.ValidationError, match="restartPolicy"):
+        kubernetes_validate.validate(base, "1.27.0", strict=True)
+    kubernetes_validate.validate(old, "1.27.0", strict=True)
+
+
 @pytest.mark.parametrize(
     ("path", "value"),
     [
