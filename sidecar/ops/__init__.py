@@ -3,7 +3,9 @@
 Dashboards (grafanalib, normalised to Grafana's current dashboard schema), Prometheus rules
 (recording rules + multi-window burn-rate alerts) and a matplotlib picture of the overview.
 The budget and the SLO are arguments; metric names come from :mod:`sidecar.names`. grafanalib,
-PyYAML and matplotlib are imported only when a generator runs (extra ``dashboards``).
+PyYAML and matplotlib are imported only when a generator runs: the rules need PyYAML (extras
+``server`` and ``dashboards``), the dashboards grafanalib (``dashboards``). The rules also come
+as a Prometheus Operator ``PrometheusRule`` (:mod:`sidecar.ops.k8s`).
 
 Regenerate everything committed in the repository::
 
