@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from sidecar.core.ops import Op
-from sidecar.core.runstate import RunState
+from sidecar.core.runstate import RunState, RunView
 from sidecar.errors import (
     CheckpointRefused,
     CheckpointTimeout,
@@ -52,7 +52,7 @@ Produce = Callable[[], Any]
 _OUTAGES = (CheckpointTimeout, CheckpointUnavailable)
 
 
-class ResumableRun:
+class ResumableRun(RunView):
     """An attempt at one run: ``async with`` it, call :meth:`step` per section."""
 
     def __init__(
@@ -70,43 +70,6 @@ class ResumableRun:
             owner=owner, fencing_token=fencing_token,
         )  # fmt: skip
         self._renewer: asyncio.Task[None] | None = None
-
-    # --- what the attempt knows --------------------------------------------------------------
-
-    @property
-    def plan(self) -> list[str]:
-        return self._state.plan
-
-    @property
-    def owner(self) -> str:
-        """This attempt's owner token (secret to it; it proves the lease is its own)."""
-        return self._state.owner
-
-    @property
-    def fencing_token(self) -> int:
-        return self._state.fencing_token
-
-    @property
-    def resumed(self) -> bool:
-        return self._state.resumed
-
-    @property
-    def restored(self) -> dict[str, Any]:
-        return self._state.restored
-
-    @property
-    def remaining(self) -> list[str]:
-        """Plan sections not yet restored or produced, in plan order."""
-        return self._state.remaining
-
-    @property
-    def confirmed(self) -> bool:
-        """Whether this attempt holds the lease as far as it knows (False while degraded)."""
-        return self._state.confirmed
-
-    @property
-    def lease_lost(self) -> bool:
-        return self._state.lost
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -174,10 +137,6 @@ class ResumableRun:
             await self._cp.perform(state.save(name, result))
         state.produced(name, result)
         return result
-
-    def result(self) -> dict[str, Any]:
-        """The seed's result: success, report (sections in order), checkpoints_used, resumed."""
-        return self._state.result()
 
     # --- the pieces, for servers that hold a lease across requests ---------------------------
 

@@ -19,6 +19,7 @@ import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster as SyncRedisCluster
 
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
@@ -124,10 +125,34 @@ def drops_cancellations(client: RedisClient) -> bool:
     return "socket_timeout" not in kwargs or kwargs["socket_timeout"] is not None
 
 
-def server_address(client: RedisClient) -> tuple[str, int]:
+def is_cluster(client: Any) -> bool:
+    """A Redis Cluster client, asyncio's or the sync one (the sync API shares these helpers)."""
+    return isinstance(client, RedisCluster | SyncRedisCluster)
+
+
+def key_slot(client: Any, key: str) -> int | None:
+    """The hash slot of ``key`` on a cluster; None on a single server."""
+    return int(client.keyslot(key)) if is_cluster(client) else None
+
+
+def shard_name(client: Any, slot: int) -> str:
+    """Name (host:port) of the primary serving ``slot`` now, as the client last learned it.
+
+    "" on a single server, and on a cluster before discovery or while a slot is uncovered.
+    A failover changes the answer once the client has learned the new topology.
+    """
+    if not is_cluster(client):
+        return ""
+    try:
+        return str(client.nodes_manager.get_node_from_slot(slot).name)
+    except (rexc.SlotNotCoveredError, KeyError):
+        return ""
+
+
+def server_address(client: Any) -> tuple[str, int]:
     """Host and port for span attributes (the default node of a cluster: before the client
     has discovered the topology, the first startup node of its URL)."""
-    if isinstance(client, RedisCluster):
+    if is_cluster(client):
         node = client.get_default_node()
         if node is None:
             known = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
@@ -147,23 +172,10 @@ class Store:
         self._discovery = asyncio.Lock()
 
     def slot(self, key: str) -> int | None:
-        """The hash slot of ``key`` on a cluster; None on a single server."""
-        if isinstance(self.client, RedisCluster):
-            return self.client.keyslot(key)
-        return None
+        return key_slot(self.client, key)
 
     def shard(self, slot: int) -> str:
-        """Name (host:port) of the primary serving ``slot`` now, as the client last learned it.
-
-        "" on a single server, and on a cluster before discovery or while a slot is uncovered.
-        A failover changes the answer once the client has learned the new topology.
-        """
-        if not isinstance(self.client, RedisCluster):
-            return ""
-        try:
-            return str(self.client.nodes_manager.get_node_from_slot(slot).name)
-        except (rexc.SlotNotCoveredError, KeyError):
-            return ""
+        return shard_name(self.client, slot)
 
     async def _ready(self) -> None:
         """Discover a cluster's topology once, before its first command.

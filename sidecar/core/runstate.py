@@ -250,3 +250,48 @@ class RunState:
 
 def _is_one(reply: Any) -> bool:
     return bool(int(reply))
+
+
+class RunView:
+    """What an attempt knows, read from its :class:`RunState`: shared by both run shells."""
+
+    _state: RunState
+
+    @property
+    def plan(self) -> list[str]:
+        return self._state.plan
+
+    @property
+    def owner(self) -> str:
+        """This attempt's owner token (secret to it; it proves the lease is its own)."""
+        return self._state.owner
+
+    @property
+    def fencing_token(self) -> int:
+        return self._state.fencing_token
+
+    @property
+    def resumed(self) -> bool:
+        return self._state.resumed
+
+    @property
+    def restored(self) -> dict[str, Any]:
+        return self._state.restored
+
+    @property
+    def remaining(self) -> list[str]:
+        """Plan sections not yet restored or produced, in plan order."""
+        return self._state.remaining
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether this attempt holds the lease as far as it knows (False while degraded)."""
+        return self._state.confirmed
+
+    @property
+    def lease_lost(self) -> bool:
+        return self._state.lost
+
+    def result(self) -> dict[str, Any]:
+        """The seed's result: success, report (sections in order), checkpoints_used, resumed."""
+        return self._state.result()
