@@ -48,7 +48,14 @@ from celery import Celery, Task
 from celery.signals import worker_process_shutdown, worker_shutdown
 from celery.utils.log import get_task_logger
 
-from sidecar import CheckpointConfig, LeaseHeld, RunContext, SyncCheckpointer
+from sidecar import (
+    CheckpointConfig,
+    CheckpointTimeout,
+    CheckpointUnavailable,
+    LeaseHeld,
+    RunContext,
+    SyncCheckpointer,
+)
 
 SECTIONS = ("summary", "data_analysis", "recommendations", "action_items")
 QUEUE = "reports"
@@ -57,11 +64,15 @@ LEASE_RETRIES = 60  # each waits out the holder's lease: a live holder renews it
 logger = get_task_logger(__name__)  # lines carry the task name and id in the worker log
 
 
+# a message unacknowledged this long is given to another worker (Celery's default: 1 hour)
+VISIBILITY_TIMEOUT_S = float(os.environ.get("REPORT_VISIBILITY_TIMEOUT_S", "3600"))
+
+
 def _settings() -> dict[str, Any]:
     """Celery settings from the environment: broker, results and checkpoints on one Redis."""
     default = os.environ.get("SIDECAR_REDIS_URL", "redis://127.0.0.1:6379/0")
     broker = os.environ.get("CELERY_BROKER_URL", default)
-    visibility_s = float(os.environ.get("REPORT_VISIBILITY_TIMEOUT_S", "3600"))
+    visibility_s = VISIBILITY_TIMEOUT_S
     return {
         "broker_url": broker,
         "result_backend": os.environ.get("CELERY_RESULT_BACKEND", broker),
@@ -101,7 +112,11 @@ def checkpointer() -> SyncCheckpointer:
         if _cp is None or _cp_pid != os.getpid():
             config = CheckpointConfig()  # SIDECAR_REDIS_URL, SIDECAR_LEASE_TTL_SECONDS, ...
             cp = SyncCheckpointer.from_url(config.redis_url, config=config)
-            cp.connect(wait_s=5.0)  # fail fast, outside any checkpoint's budget
+            try:
+                cp.connect(wait_s=5.0)  # pay the connection once, outside any call's budget
+            except (CheckpointUnavailable, CheckpointTimeout) as error:
+                # best effort: reports still run (without checkpoints) while Redis is away
+                logger.warning("checkpoints unavailable for now: %s", error)
             _cp, _cp_pid = cp, os.getpid()
         return _cp
 
@@ -188,8 +203,11 @@ def write_report(self: Task, user_id: str, run_id: str) -> dict[str, Any]:
     try:
         return write_sections(checkpointer(), llm(), context)
     except LeaseHeld as held:
-        # another delivery runs this report, or a killed worker's lease has not expired yet
-        countdown = max(held.retry_after_ms, 100) / 1000 + random.uniform(0, 0.2)
+        # another delivery runs this report, or a killed worker's lease has not expired yet.
+        # A retry waiting longer than the visibility timeout would be delivered twice (its
+        # message stays unacknowledged meanwhile): then retry earlier, and maybe again.
+        wait_s = max(held.retry_after_ms, 100) / 1000 + random.uniform(0, 0.2)
+        countdown = min(wait_s, VISIBILITY_TIMEOUT_S / 2)
         logger.info("run %s: lease held, retry in %.1f s", run_id, countdown)
         raise self.retry(countdown=countdown, exc=held) from held
 
