@@ -1,9 +1,14 @@
 """examples/celery_report.py with real Celery workers on a private Valkey (broker, results and
 checkpoints): a worker SIGKILLed in the middle of a report, and the next one resuming it.
 
-The workers are ``celery -A examples.celery_report worker --pool=solo`` subprocesses whose
-model client is :mod:`recording_llm`, which logs every call per run as (worker, section) and
-waits while the test holds a section, so the kill lands in the middle of that section.
+The workers are ``celery -A examples.celery_report worker`` subprocesses whose model client is
+:mod:`recording_llm`, which logs every call per run as (worker, section) and waits while the
+test holds a section, so the kill lands in the middle of that section.
+
+The kill tests use the prefork pool: with ``--pool=solo`` the task blocks the worker's event
+loop, so even an *early* acknowledgement reaches Redis only after the task (measured here: the
+message stays in ``unacked`` while the task runs), and the test could not tell ``acks_late``
+from the default.
 """
 
 from __future__ import annotations
@@ -65,35 +70,56 @@ def _worker_env(url: str, name: str) -> dict[str, str]:
 class Worker:
     """One ``celery worker`` process, its output in a file (never an unread PIPE)."""
 
-    def __init__(self, tmp_path: Path, url: str, name: str) -> None:
+    def __init__(self, tmp_path: Path, url: str, name: str, pool: str) -> None:
         self.name = name
         self.log = tmp_path / f"{name}.log"
         command = [
             sys.executable, "-m", "celery", "-A", "examples.celery_report", "worker",
-            "--pool=solo", "--concurrency=1", "-Q", QUEUE, "-n", f"{name}@%h",
+            f"--pool={pool}", "--concurrency=1", "-Q", QUEUE, "-n", f"{name}@%h",
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
         with self.log.open("wb") as sink:
             self.proc = subprocess.Popen(
                 command, cwd=ROOT, env=_worker_env(url, name), stdin=subprocess.DEVNULL,
-                stdout=sink, stderr=subprocess.STDOUT,
+                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+        self.group = self.proc.pid  # its own process group: the worker and its pool children
 
     def output(self) -> str:
         return f"--- {self.name} ---\n{self.log.read_text(errors='replace')}"
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown handler runs, the unacknowledged task stays with the broker."""
-        os.kill(self.proc.pid, signal.SIGKILL)
+        """SIGKILL the whole worker (main process and pool children), as a lost node would:
+        no shutdown handler runs, the unacknowledged task stays with the broker."""
+        os.killpg(self.group, signal.SIGKILL)
         self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _group_alive(self.group):  # the pool child is reaped by init, not by us
+            assert time.monotonic() < deadline, f"{self.name}: a pool process survived SIGKILL"
+            time.sleep(0.02)
+
+    def pool_children(self) -> list[int]:
+        """Pids of the worker's pool processes (children of its main process)."""
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in path.read_text().split()]
 
     def stop(self) -> None:
         stop_process(self.proc, timeout=10)
+        if _group_alive(self.group):  # a pool child its main process left behind
+            os.killpg(self.group, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @contextmanager
-def running(tmp_path: Path, url: str, name: str) -> Iterator[Worker]:
-    worker = Worker(tmp_path, url, name)
+def running(tmp_path: Path, url: str, name: str, pool: str = "prefork") -> Iterator[Worker]:
+    worker = Worker(tmp_path, url, name, pool)
     try:
         yield worker
     finally:
@@ -142,6 +168,20 @@ def _run_is_gone(r: redis.Redis, cp: SyncCheckpointer, ctx: RunContext) -> None:
     assert cp.manager(ctx).load_all_sections() == {}
 
 
+def wait_mid_third_section(
+    r: redis.Redis, cp: SyncCheckpointer, ctx: RunContext, worker: Worker
+) -> None:
+    """Until two sections are checkpointed and the worker is inside the LLM call of the third."""
+
+    def two_saved_third_started() -> bool:
+        done = cp.manager(ctx).get_progress().completed_sections
+        started = (worker.name, "recommendations") in recorded_calls(r, ctx.run_id)
+        return done == SECTIONS[:2] and started
+
+    wait_for("two checkpoints and the third section started", two_saved_third_started,
+             [worker], timeout=30)  # fmt: skip
+
+
 def test_a_worker_killed_mid_report_is_resumed_by_the_next(
     private_server: EmbeddedServer, tmp_path: Path
 ) -> None:
@@ -156,14 +196,7 @@ def test_a_worker_killed_mid_report_is_resumed_by_the_next(
         task = client.send_task(TASK, args=[ctx.user_id, ctx.run_id], queue=QUEUE)
 
         with running(tmp_path, url, "worker-1") as first:
-
-            def two_saved_third_started() -> bool:
-                done = cp.manager(ctx).get_progress().completed_sections
-                started = ("worker-1", "recommendations") in recorded_calls(r, ctx.run_id)
-                return done == SECTIONS[:2] and started
-
-            wait_for("two checkpoints and the third section started", two_saved_third_started,
-                     [first], timeout=30)  # fmt: skip
+            wait_mid_third_section(r, cp, ctx, first)
             first.kill()
         assert task_meta(client, task.id)["status"] not in READY_STATES
         r.delete(hold_key(ctx.run_id, "recommendations"))
@@ -191,6 +224,40 @@ def test_a_worker_killed_mid_report_is_resumed_by_the_next(
         _run_is_gone(r, cp, ctx)
 
 
+def test_a_pool_process_killed_mid_report_is_resumed_by_its_replacement(
+    private_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """The OOM killer's choice: the pool process dies, the worker lives. The task is requeued
+    at once (``task_reject_on_worker_lost``), not recorded as failed, and resumes."""
+    url = private_server.url
+    ctx = RunContext(user_id="user-9", run_id=f"report-{uuid.uuid4().hex[:8]}")
+    with (
+        redis.Redis.from_url(url) as r,
+        SyncCheckpointer.from_url(url, config=CONFIG) as cp,
+        celery_client(url) as client,
+        running(tmp_path, url, "worker-1") as worker,
+    ):
+        r.set(hold_key(ctx.run_id, "recommendations"), 1)
+        task = client.send_task(TASK, args=[ctx.user_id, ctx.run_id], queue=QUEUE)
+        wait_mid_third_section(r, cp, ctx, worker)
+        (child,) = worker.pool_children()
+        os.kill(child, signal.SIGKILL)
+        r.delete(hold_key(ctx.run_id, "recommendations"))
+
+        result = wait_result(client, task.id, worker)
+        assert worker.pool_children() != [child]
+        assert result["success"] is True
+        assert result["resumed_sections"] == 2
+        assert recorded_calls(r, ctx.run_id) == [
+            ("worker-1", "summary"),
+            ("worker-1", "data_analysis"),
+            ("worker-1", "recommendations"),  # the killed pool process
+            ("worker-1", "recommendations"),  # its replacement
+            ("worker-1", "action_items"),
+        ], worker.output()
+        _run_is_gone(r, cp, ctx)
+
+
 class _GiveUp(Exception):
     """Leaves a run by an exception: its checkpoints stay, its lease is released."""
 
@@ -204,7 +271,7 @@ def test_a_held_lease_is_waited_for_and_a_finished_task_is_not_redone(
         redis.Redis.from_url(url) as r,
         SyncCheckpointer.from_url(url, config=CONFIG) as cp,
         celery_client(url) as client,
-        running(tmp_path, url, "worker-1") as worker,
+        running(tmp_path, url, "worker-1", pool="solo") as worker,
     ):
         # another attempt (this test) holds the run and has finished its first section
         try:
