@@ -12,16 +12,17 @@ that worker restores the sections the dead one had checkpointed and produces onl
 Run it (broker, result backend and checkpoints on one Redis or Valkey)::
 
     export CELERY_BROKER_URL=redis://127.0.0.1:6379/0 SIDECAR_REDIS_URL=redis://127.0.0.1:6379/0
-    celery -A examples.celery_report worker --pool=solo -Q reports --loglevel=INFO
+    celery -A examples.celery_report worker -Q reports --loglevel=INFO
     python -c "from examples.celery_report import write_report; \\
                print(write_report.delay('user-42', 'report-1').get(timeout=60))"
 
 What to keep when you copy it:
 
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: the message is acknowledged after the
-  task ends, so a dead worker's task is delivered again (a prefork child's at once; a whole
-  worker's once the transport's ``visibility_timeout`` has passed, which must stay above your
-  longest report plus the lease TTL, or a task that is still running is delivered twice);
+  task ends, so a dead worker's task is delivered again (a killed pool process's as soon as
+  the pool notices; a whole worker's once the transport's ``visibility_timeout`` has passed,
+  which must stay above your longest report plus the lease TTL, or a task that is still
+  running is delivered twice);
 * one :class:`~sidecar.SyncCheckpointer` per worker process (:func:`checkpointer`), shared by
   every task it runs, built after the fork and closed at shutdown;
 * one ``cp.run(ctx, plan=...)`` per attempt: the lease keeps two deliveries of one report from
