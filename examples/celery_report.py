@@ -65,7 +65,8 @@ LEASE_RETRIES = 60  # each waits out the holder's lease: a live holder renews it
 logger = get_task_logger(__name__)  # lines carry the task name and id in the worker log
 
 
-# a message unacknowledged this long is given to another worker (Celery's default: 1 hour)
+# A message unacknowledged this long is given to another worker (Celery's default: 1 hour).
+# Keep it above the longest report plus the lease TTL, or a running task is delivered twice.
 VISIBILITY_TIMEOUT_S = float(os.environ.get("REPORT_VISIBILITY_TIMEOUT_S", "3600"))
 
 
@@ -73,20 +74,17 @@ def _settings() -> dict[str, Any]:
     """Celery settings from the environment: broker, results and checkpoints on one Redis."""
     default = os.environ.get("SIDECAR_REDIS_URL", "redis://127.0.0.1:6379/0")
     broker = os.environ.get("CELERY_BROKER_URL", default)
-    visibility_s = VISIBILITY_TIMEOUT_S
     return {
         "broker_url": broker,
         "result_backend": os.environ.get("CELERY_RESULT_BACKEND", broker),
         "task_default_queue": QUEUE,
         "task_acks_late": True,  # acknowledge after the task ends, not when it starts
-        "task_reject_on_worker_lost": True,  # a killed prefork child's task is redelivered
+        "task_reject_on_worker_lost": True,  # a killed pool process's task is requeued
         "worker_prefetch_multiplier": 1,  # a worker holds one unacknowledged report at a time
         "broker_transport_options": {
-            # a message unacknowledged this long is given to another worker: above the
-            # longest report plus the lease TTL, or a running task is delivered twice
-            "visibility_timeout": visibility_s,
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
             # how often a worker looks for such messages (kombu's default: every 100 s)
-            "unacked_restore_interval": max(1, min(10, int(visibility_s // 2))),
+            "unacked_restore_interval": max(1, min(10, int(VISIBILITY_TIMEOUT_S // 2))),
             "unacked_restore_throttle": 1,
         },
         "broker_connection_retry_on_startup": True,
