@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+logger = logging.getLogger("sidecar")
 KEY_BYTES: Final = 32
 MAX_KEY_ID_CHARS: Final = 32
 # A key id can never be mistaken for a key: at most 32 characters of a set without ``+ / =``
@@ -95,8 +97,14 @@ def read_key_file(path: Path) -> list[str]:
     """Key specs from a file, one per line; blank lines and ``#`` comments are skipped.
 
     An unreadable file raises ``ValueError`` naming the path and the OS error, never a line.
+    A file that group or others may read is used, with a warning (mode 0400 or 0600 is right).
     """
     try:
+        if path.stat().st_mode & 0o077:
+            logger.warning(
+                "encryption_keys_file %s is readable by group or others (mode %o): "
+                "make it 0400", str(path), path.stat().st_mode & 0o777,
+            )  # fmt: skip
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__

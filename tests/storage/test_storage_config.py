@@ -66,10 +66,19 @@ def test_keys_from_the_environment_comma_separated(
     assert ring.ids == ("k2", "k1")
 
 
-def test_keys_from_a_file(tmp_path: Path, key1: str, key2: str) -> None:
+def test_keys_from_a_file(
+    tmp_path: Path, key1: str, key2: str, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "keys"
     path.write_text(f"# rotated 2026-12-01\n{key2}\n\n{key1}\n")
+    path.chmod(0o644)
     cfg = CheckpointConfig(encryption_keys_file=path)
+    assert "readable by group or others (mode 644)" in caplog.text
+    assert secret(key1) not in caplog.text
+    caplog.clear()
+    path.chmod(0o400)
+    assert CheckpointConfig(encryption_keys_file=path).keyring is not None
+    assert "readable" not in caplog.text
     assert cfg.encrypts
     ring = cfg.keyring
     assert ring is not None
