@@ -336,3 +336,20 @@ async def test_rdb_and_aof_files_hold_no_plaintext(
     else:
         assert any(name.endswith(".rdb") for name in found)
         assert any(".aof" in name for name in found)
+
+
+async def test_sealed_values_with_refresh_ttl_on_read(
+    redis_client: aioredis.Redis, registry: CollectorRegistry, report_text: str
+) -> None:
+    """The sliding-TTL read paths (scripts instead of HGET) open sealed values the same way."""
+    value = content(report_text, 5000)
+    async with make(
+        redis_client, registry, encryption_keys=[new_key("k1")], refresh_ttl_on_read=True
+    ) as cp:
+        mgr = cp.manager(CTX)
+        assert await mgr.save_section("s", value)
+        assert await mgr.load_section("s") == value
+        assert await mgr.load_all_sections() == {"s": value}
+        view = await mgr.resume_view()
+        assert view is not None
+        assert view.sections == {"s": value}
