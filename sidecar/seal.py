@@ -30,11 +30,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from sidecar.errors import CheckpointError, IntegrityError, SerializationError
+from sidecar.errors import IntegrityError, SerializationError
 
 if TYPE_CHECKING:
     from sidecar.config import CheckpointConfig
@@ -259,38 +258,6 @@ class Sealer:
                 f"max_section_bytes={self.max_bytes}"
             )
         return out
-
-
-def open_sections(
-    sealer: Sealer, run: RunBinding, pairs: Iterable[tuple[str, Any]]
-) -> tuple[list[tuple[str, bytes]], int]:
-    """Open every (name, stored) pair of a run; the serialized pairs and the stored bytes.
-
-    The first value that does not open raises (a verb never returns part of a run as if it
-    were all of it)."""
-    opened: list[tuple[str, bytes]] = []
-    stored_bytes = 0
-    for name, raw in pairs:
-        stored_bytes += len(raw)
-        opened.append((name, sealer.open(raw, run.section(name), name)))
-    return opened, stored_bytes
-
-
-def open_restorable(
-    sealer: Sealer, run: RunBinding, pairs: Iterable[tuple[str, Any]]
-) -> tuple[list[tuple[str, bytes]], dict[str, CheckpointError]]:
-    """Open what can be opened, for a run's restore; the sections that cannot, with why.
-
-    A run treats those as missing and produces them again: they are reported, never returned.
-    """
-    opened: list[tuple[str, bytes]] = []
-    failed: dict[str, CheckpointError] = {}
-    for name, raw in pairs:
-        try:
-            opened.append((name, sealer.open(raw, run.section(name), name)))
-        except (IntegrityError, SerializationError) as exc:
-            failed[name] = exc
-    return opened, failed
 
 
 def decodes_responses(client: Any) -> bool:

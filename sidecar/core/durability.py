@@ -57,9 +57,6 @@ class Replication:
     detail: str = ""  # why not confirmed, for messages (no content, no ids)
 
 
-CONFIRMED: Final = Replication(True)
-
-
 def wait_timeout_ms(remaining_s: float) -> int:
     """``WAIT``'s timeout for ``remaining_s`` of budget: leave a margin for the reply, and
     never 0, which Redis reads as "block forever"."""
