@@ -1,0 +1,173 @@
+"""The API listener: uvicorn serving :class:`~sidecar.api.app.ApiApp` on its own socket.
+
+Apart from ``/metrics`` (which never serves checkpoint content), on TCP
+(``--api-host``/``--api-port``, default 127.0.0.1:9465) or a Unix socket (``--api-socket``).
+The API's Checkpointer is built from the sidecar's :class:`~sidecar.CheckpointConfig` with
+``strict=True``, so an outage raises and becomes a 503/504 instead of a quiet "nothing".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import uvicorn
+from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from sidecar.api.app import ApiApp
+from sidecar.api.auth import Authorizer, TokenError, authorizer_for
+from sidecar.checkpointer import Checkpointer
+from sidecar.config import CheckpointConfig
+
+log = logging.getLogger("sidecar.api")
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 9465
+
+
+class ApiStartError(RuntimeError):
+    """The API could not start (address taken, token missing). One line."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the owner of the event loop decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiServer:
+    """The HTTP API over one strict Checkpointer, as an async context manager.
+
+    ``socket_path`` (a Unix socket) wins over ``host``/``port``; ``port=0`` binds a free port.
+    ``registry`` receives the API's checkpoint metrics (default: prometheus_client's global).
+    """
+
+    def __init__(
+        self,
+        config: CheckpointConfig,
+        *,
+        host: str = DEFAULT_API_HOST,
+        port: int = DEFAULT_API_PORT,
+        socket_path: str | None = None,
+        token_file: str | None = None,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.host, self.socket_path = host, socket_path
+        self._requested_port = port
+        try:
+            self.authorizer: Authorizer = authorizer_for(None if socket_path else host, token_file)
+        except TokenError as exc:
+            raise ApiStartError(str(exc)) from None
+        strict = config.model_copy(update={"strict": True})
+        self.checkpointer = Checkpointer.from_url(
+            config=strict, registry=registry, tracer_provider=tracer_provider
+        )
+        self.app = ApiApp(self.checkpointer, self.authorizer, tracer_provider=tracer_provider)
+        self._socket: socket.socket | None = None
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._socket is None or self.socket_path:
+            return self._requested_port
+        port: int = self._socket.getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` or ``unix:<path>`` (what clients are given)."""
+        if self.socket_path:
+            return f"unix:{self.socket_path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        try:
+            self._socket = self._bind()
+        except ApiStartError:
+            await self.checkpointer.aclose()
+            raise
+        config = uvicorn.Config(
+            self.app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=65,  # longer than clients keep idle sockets (Node: 5 s-30 s)
+            timeout_graceful_shutdown=2,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]), name="api")
+        while not self._server.started and not self._task.done():  # noqa: ASYNC110 (no event)
+            await asyncio.sleep(0.01)
+        if self._task.done():
+            await self.stop()
+            raise ApiStartError(f"the API on {self.url} stopped at start")
+        log.info("API serving %s", self.url, extra={"api_url": self.url})
+
+    def _bind(self) -> socket.socket:
+        if self.socket_path:
+            path = Path(self.socket_path)
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    path.unlink()  # a stale socket of an earlier run
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            where = str(path)
+            address: str | tuple[str, int] = where
+        else:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            where = f"{self.host}:{self._requested_port}"
+            address = (self.host, self._requested_port)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise ApiStartError(f"cannot listen on {where}: {exc.strerror}") from None
+        sock.listen(1024)
+        sock.setblocking(False)
+        return sock
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests (2 s at most), close Redis. Idempotent."""
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(3.0):
+                    await asyncio.shield(self._task)
+            if not self._task.done():
+                self._server.force_exit = True
+                self._task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._task
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+            if self.socket_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.socket_path)
+        self._server = self._task = None
+        await self.checkpointer.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.stop()
