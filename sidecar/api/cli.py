@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from sidecar.api.server import DEFAULT_API_HOST, DEFAULT_API_PORT, ApiServer, ApiStartError
+from sidecar.api.server import DEFAULT_API_HOST, DEFAULT_API_PORT, ApiStartError, ApiThread
 from sidecar.server.argtypes import port
 
 if TYPE_CHECKING:
@@ -53,17 +53,19 @@ async def serve_api(args: argparse.Namespace, sidecar: Sidecar) -> AsyncIterator
     if not getattr(args, "api", True):
         yield
         return
+    api = ApiThread(
+        sidecar.config, host=args.api_host, port=args.api_port, socket_path=args.api_socket,
+        token_file=args.api_token_file, registry=api_registry(sidecar.registry),
+    )  # fmt: skip
     try:
-        server = ApiServer(
-            sidecar.config, host=args.api_host, port=args.api_port, socket_path=args.api_socket,
-            token_file=args.api_token_file, registry=api_registry(sidecar.registry),
-        )  # fmt: skip
-        await server.start()
+        await api.start()
     except ApiStartError as exc:
+        await api.stop()
         raise SidecarStartError(f"API: {exc}") from None
     try:
-        auth = "bearer token required" if server.authorizer.required else "no token"
-        print(f"api {server.url} ({auth})", flush=True)
+        assert api.server is not None
+        auth = "bearer token required" if api.server.authorizer.required else "no token"
+        print(f"api {api.server.url} ({auth})", flush=True)
         yield
     finally:
-        await server.stop()
+        await api.stop()
