@@ -78,6 +78,7 @@ class Board:
     llm_seconds_spent: float = 0.0
     llm_seconds_saved: float = 0.0
     redis_paused: bool = False
+    node: dict[str, Any] | None = None  # --node: the Node agents' totals
     pauses: int = 0
     breaker_openings: int = 0
     phase: str = "starting"
@@ -179,4 +180,5 @@ class Board:
             "lease_expiries_seen": self.lease_expiries,
             "latency": self.latency_rows(),
             "elapsed_s": round(self.elapsed, 2),
+            **({"node": self.node} if self.node is not None else {}),
         }

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="overhead budget of one checkpoint call (default 100)")  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", dest="json_path",
                         help="also write the summary as JSON to PATH")  # fmt: skip
+    parser.add_argument("--node", action="store_true",
+                        help="also run reporting agents written in JavaScript (clients/node) "
+                        "through the sidecar's HTTP API (needs node on PATH)")  # fmt: skip
     display = parser.add_mutually_exclusive_group()
     display.add_argument("--live", dest="live", action="store_true", default=None,
                          help="live display even when stdout is not a terminal")  # fmt: skip
@@ -78,7 +81,15 @@ def run(args: argparse.Namespace) -> int:
         abandon_ttl_s=args.abandon_ttl,
         budget_ms=args.budget_ms,
         live=args.live,
+        node=args.node,
     )
+    if opts.node:
+        from sidecar.demo.node import unavailable
+
+        why = unavailable()
+        if why is not None:
+            sys.stderr.write(f"checkpoint-sidecar demo: error: --node: {why}\n")
+            return 1
     try:
         return run_demo(opts)
     except (EmbeddedServerError, SidecarStartError, OSError) as exc:

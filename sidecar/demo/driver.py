@@ -64,6 +64,7 @@ class Options:
     abandon_ttl_s: int
     budget_ms: float
     live: bool | None  # None: live display when stdout is a terminal
+    node: bool = False  # also run Node agents through the HTTP API (sidecar.demo.node)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -202,6 +203,8 @@ class Demo:
                 console=self.console,
                 refresh_per_second=8,
             )
+        if self.opts.node:
+            tasks.append(asyncio.create_task(self._node_runs()))
         with live:
             try:
                 await asyncio.gather(*tasks)
@@ -213,6 +216,18 @@ class Demo:
                 if self.server is not None and board.redis_paused:
                     self.server.resume()
                 board.phase = "done"
+
+    async def _node_runs(self) -> None:
+        """Node agents through the HTTP API, beside the Python ones (``--node``)."""
+        from sidecar.demo.node import run_node_agents
+
+        runs = max(4, self.opts.runs // 4)
+        await self._say("node", f"{runs} Node agents start (HTTP API)")
+        self.board.node = await run_node_agents(
+            self.config(RUN_TTL_S), runs, self.session,
+            registry=self.registry, tracer_provider=self.provider,
+        )  # fmt: skip
+        await self._say("node", f"Node agents done: {self.board.node}")
 
     async def _one_run(self, plan: RunPlan, cp: Checkpointer, semaphore: asyncio.Semaphore) -> None:
         board = self.board
