@@ -117,18 +117,21 @@ ROUTES: Final[tuple[Route, ...]] = (
 )  # fmt: skip
 
 
+_BY_LENGTH: Final[dict[int, tuple[Route, ...]]] = {
+    n: tuple(r for r in ROUTES if len(r.segments) == n) for n in {len(r.segments) for r in ROUTES}
+}
+
+
 def resolve(method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
     """The route and decoded parameters of a request; 404 / 405 problems otherwise."""
     try:
         path = raw_path.decode("ascii")
     except UnicodeDecodeError:
         raise Problem("not_found", "the path is not ASCII; percent-encode the ids") from None
-    parts = path.strip("/").split("/") if path != "/" else []
-    if path.endswith("/") and path != "/":
-        parts.append("")  # a trailing slash is an empty last segment (an empty id)
+    parts = path[1:].split("/") if path.startswith("/") else path.split("/")
     allowed: list[str] = []
-    for route in ROUTES:
-        if len(route.segments) != len(parts) or not _literals_fit(route, parts):
+    for route in _BY_LENGTH.get(len(parts), ()):
+        if not _literals_fit(route, parts):
             continue
         if route.method != method:
             allowed.append(route.method)
