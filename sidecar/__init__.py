@@ -7,8 +7,11 @@ from sidecar.checkpointer import Checkpointer
 from sidecar.config import CheckpointConfig
 from sidecar.errors import (
     CheckpointError,
+    CheckpointRefused,
     CheckpointTimeout,
     CheckpointUnavailable,
+    CircuitOpen,
+    IntegrityError,
     InvalidIdentifier,
     LeaseHeld,
     LeaseLost,
@@ -17,8 +20,11 @@ from sidecar.errors import (
 )
 from sidecar.factory import CheckpointFactory
 from sidecar.manager import CheckpointManager
-from sidecar.models import CheckpointEvent, Progress, RunContext
+from sidecar.models import CheckpointEvent, Progress, ResumeView, RunContext
 from sidecar.run import ResumableRun
+from sidecar.sync.checkpointer import SyncCheckpointer
+from sidecar.sync.manager import SyncCheckpointManager
+from sidecar.sync.run import SyncResumableRun
 
 __version__ = "0.1.0"
 
@@ -28,16 +34,23 @@ __all__ = [
     "CheckpointEvent",
     "CheckpointFactory",
     "CheckpointManager",
+    "CheckpointRefused",
     "CheckpointTimeout",
     "CheckpointUnavailable",
     "Checkpointer",
+    "CircuitOpen",
+    "IntegrityError",
     "InvalidIdentifier",
     "LeaseHeld",
     "LeaseLost",
     "Progress",
     "ResumableRun",
+    "ResumeView",
     "RunContext",
     "SectionTooLarge",
     "SerializationError",
+    "SyncCheckpointManager",
+    "SyncCheckpointer",
+    "SyncResumableRun",
     "__version__",
 ]

@@ -3,7 +3,8 @@ every checkpoint operation through one bounded, instrumented path (:meth:`Checkp
 
 Every operation is: breaker check (on a cluster, the breaker of the shard serving the run) →
 span → one awaited Redis command inside ``asyncio.timeout(budget)`` → outcome, histogram,
-budget counter, span status. A redis-py call
+budget counter, span status. All of that but the await lives in the I/O-free core
+(:mod:`sidecar.core`), shared with the sync API. A redis-py call
 cancelled by the timeout drops its connection rather than leaving a half-read reply in the
 pool, so the timeout is a sound way to enforce the budget; clients built by
 :meth:`Checkpointer.from_url` have redis-py's own retries off so that they cannot eat it.
@@ -24,18 +25,15 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from sidecar import names
 from sidecar.budget import CircuitBreaker
 from sidecar.config import CheckpointConfig
-from sidecar.errors import (
-    CheckpointError,
-    CheckpointTimeout,
-    CheckpointUnavailable,
-)
+from sidecar.core.calls import CallRecorder, Cancel
+from sidecar.core.ops import Op
+from sidecar.errors import CheckpointError, CheckpointTimeout
 from sidecar.models import CheckpointEvent, ContextLike
 from sidecar.sockets import OwnedSockets
 from sidecar.store import RedisClient, Store, build_client, drops_cancellations, server_address
-from sidecar.telemetry import Instrumentation, SpanAttributes
+from sidecar.telemetry import Instrumentation
 
 if TYPE_CHECKING:
     from sidecar.manager import CheckpointManager
@@ -82,14 +80,10 @@ class Checkpointer:
             server=server_address(redis),
             trace_identifiers=self.config.trace_identifiers,
         )
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._skipping: set[str] = set()  # shards whose calls are being skipped now
-        self._cooldown_timers: dict[str, asyncio.TimerHandle] = {}
-        self.breaker = self._new_breaker("")
+        self.calls = CallRecorder(self.config, self.telemetry, self.store.shard, _call_later)
         self.on_event = on_event
         self._budget = self.config.budget_seconds
         self._pending: set[asyncio.Task[Any]] = set()
-        self._outage_logged = False
 
     @classmethod
     def from_url(
@@ -133,6 +127,17 @@ class Checkpointer:
 
         return ResumableRun(self.manager(ctx), plan)
 
+    def attach(
+        self, ctx: ContextLike, *, owner: str, fencing_token: int,
+        plan: Sequence[str] | None = None,
+    ) -> ResumableRun:  # fmt: skip
+        """A run acquired earlier (by another request of a server, say), by its owner token
+        and fencing token: its saves, renewals and finish are fenced exactly as the original's.
+        """
+        from sidecar.run import ResumableRun
+
+        return ResumableRun(self.manager(ctx), plan, owner=owner, fencing_token=fencing_token)
+
     async def connect(self, wait_s: float = 5.0) -> None:
         """Reach Redis now, outside any checkpoint's budget. Optional.
 
@@ -153,8 +158,7 @@ class Checkpointer:
         """Wait briefly for pending async listeners, then close an owned client."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=1.0)
-        for shard in list(self._skipping):  # a closed Checkpointer no longer holds the gauge up
-            self._set_skipping(shard, False)
+        self.calls.close()
         if self._close_client:
             await self.store.aclose()
 
@@ -168,6 +172,14 @@ class Checkpointer:
         await self.aclose()
 
     # --- the one path every operation takes -------------------------------------------------
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The breaker of a single server (on a cluster: of calls made before discovery)."""
+        return self.calls.breaker
+
+    def breaker_for(self, slot: int) -> CircuitBreaker:
+        return self.calls.breaker_for(slot)
 
     async def execute(
         self,
@@ -183,76 +195,65 @@ class Checkpointer:
     ) -> tuple[T | None, CheckpointError | None]:
         """Run one Redis call within the budget; return (result, None) or (None, outage).
 
-        Outages (timeout, unreachable, circuit open) come back as the error, for the caller to
-        raise (strict) or turn into the seed's "nothing". Lease conflicts raised by ``call``
-        propagate with outcome ``rejected``. ``slot`` (the run's hash slot on a cluster) picks
-        the breaker of the shard that serves it.
+        Outages (timeout, unreachable, refused, circuit open) come back as the error, for the
+        caller to raise (strict) or turn into the seed's "nothing". Lease conflicts and
+        undecodable values raised by ``call`` propagate (outcomes ``rejected``, ``corrupt``).
+        ``slot`` (the run's hash slot on a cluster) picks the breaker of its shard.
         """
-        tele = self.telemetry
-        span = tele.start_span(operation)
-        attrs = (
-            tele.describe(operation, db_operation, section, ids) if span.is_recording() else None
+        tracked = self.calls.begin(
+            operation, db_operation, ids=ids, slot=slot, section=section, nbytes=nbytes
         )
-        breaker = self.breaker if slot is None else self.breaker_for(slot)
-        allowed = breaker.allow()
-        if allowed is False:
-            err = CheckpointUnavailable(f"{operation}: circuit open after repeated failures")
-            tele.finish(span, operation, names.SKIPPED, 0.0, nbytes, None, attrs)
-            return None, err
-        start = time.perf_counter()
-        outcome = names.OK
-        error: CheckpointError | None = None
-        result: T | None = None
+        if tracked.skipped is not None:
+            return None, tracked.skipped
+        # the span is current during the call (what trace.use_span does, without its
+        # generator: this path runs on every checkpoint)
+        token = otel_context.attach(trace.set_span_in_context(tracked.span))
         try:
-            # the span is current during the call (what trace.use_span does, without its
-            # generator: this path runs on every checkpoint)
-            token = otel_context.attach(trace.set_span_in_context(span))
-            try:
-                async with asyncio.timeout(self._budget):
-                    result = await call()
-            finally:
-                otel_context.detach(token)
-        except TimeoutError:
-            outcome, error = (
-                names.TIMEOUT,
-                CheckpointTimeout(
-                    f"{operation}: no answer within the {self.config.budget_ms:g} ms budget"
-                ),
-            )
-        except CheckpointTimeout as exc:
-            outcome, error = names.TIMEOUT, exc
-        except CheckpointUnavailable as exc:
-            outcome, error = names.ERROR, exc
-        except CheckpointError as exc:  # lease conflicts: not an outage, always raised
-            breaker.success()
-            tele.finish(
-                span, operation, names.REJECTED, time.perf_counter() - start, nbytes, exc, attrs
-            )
-            raise
-        except BaseException:
-            if allowed is None:
-                breaker.abandon_probe()
-            tele.finish(
-                span, operation, names.ERROR, time.perf_counter() - start, nbytes, None, attrs
-            )
-            raise
-        duration = time.perf_counter() - start
-        if error is None:
-            breaker.success()
-            self._outage_logged = False
+            async with asyncio.timeout(self._budget):
+                result = await call()
+        except BaseException as exc:
+            return None, tracked.failed(exc)
+        finally:
+            otel_context.detach(token)
+        tracked.succeeded(result, measure)
+        return result, None
+
+    async def execute_op(self, op: Op[T]) -> tuple[T | None, CheckpointError | None]:
+        """Send ``op``'s command through :meth:`execute`; its reply parsed within the budget."""
+        store, command, parse, measure = self.store, op.command, op.parse, op.measure
+        size: int | None = None
+
+        async def call() -> T:
+            nonlocal size
+            reply = await store.send(op.operation, command)
             if measure is not None:
-                nbytes = measure(result)
-        else:
-            breaker.failure(probe=allowed is None)
-            self._log_outage(error)
-        tele.finish(span, operation, outcome, duration, nbytes, error, attrs)
-        return result, error
+                size = measure(reply)
+            return parse(reply)
+
+        return await self.execute(
+            op.operation, command.db_operation, call, ids=op.ids, slot=op.slot,
+            section=op.section, nbytes=op.nbytes,
+            measure=None if measure is None else lambda _: size,
+        )  # fmt: skip
+
+    async def perform(self, op: Op[T]) -> T:
+        """Carry out ``op``: its result; on an outage, its "nothing" (best effort) or the
+        error (strict mode, or an op that always raises). Emits the op's event on success."""
+        started = time.perf_counter()
+        result, error = await self.execute_op(op)
+        if error is not None:
+            if self.config.strict or op.always_raise:
+                raise error
+            return op.nothing
+        if op.event is not None and self.on_event is not None and op.event_if(result):
+            user, run = op.ids
+            duration = time.perf_counter() - started
+            self.emit(CheckpointEvent(op.event, user, run, op.section, duration))
+        return result  # type: ignore[return-value]
 
     def reject(self, operation: str, error: CheckpointError, section: str | None = None) -> None:
         """Record a caller mistake (outcome ``rejected``); the caller then raises it."""
-        span = self.telemetry.start_span(operation)
-        attrs: SpanAttributes | None = None if section is None else {"checkpoint.section": section}
-        self.telemetry.finish(span, operation, names.REJECTED, 0.0, None, error, attrs)
+        self.calls.reject(operation, error, section)
 
     def emit(self, event: CheckpointEvent) -> None:
         """Deliver an event to ``on_event``; a listener that raises is logged, never propagated."""
@@ -277,58 +278,7 @@ class Checkpointer:
                 exc_info=task.exception(),
             )
 
-    def _log_outage(self, error: CheckpointError) -> None:
-        if not self._outage_logged:
-            self._outage_logged = True
-            logger.warning("checkpointing degraded: %s", error)
 
-    # --- circuit breakers: one per shard -----------------------------------------------------
-
-    def breaker_for(self, slot: int) -> CircuitBreaker:
-        """The breaker of the primary serving ``slot``: on a cluster, one shard failing over
-        must not make calls to the healthy shards skip. A promoted replica is a new name, so
-        it starts with a closed circuit."""
-        shard = self.store.shard(slot)
-        breaker = self._breakers.get(shard)
-        return breaker if breaker is not None else self._new_breaker(shard)
-
-    def _new_breaker(self, shard: str) -> CircuitBreaker:
-        cfg = self.config
-        breaker = CircuitBreaker(
-            cfg.breaker_failures, cfg.breaker_cooldown_s,
-            lambda is_open: self._breaker_changed(shard, is_open),
-        )  # fmt: skip
-        self._breakers[shard] = breaker
-        return breaker
-
-    def _breaker_changed(self, shard: str, is_open: bool) -> None:
-        self._set_skipping(shard, is_open)
-        where = f" for {shard}" if shard else ""
-        if is_open:
-            # The gauge says "calls are being skipped": true for one cooldown, after which the
-            # next call goes through as a probe (even if none comes for a long time).
-            loop = asyncio.get_running_loop()
-            timer = self._cooldown_timers.pop(shard, None)
-            if timer is not None:
-                timer.cancel()
-            self._cooldown_timers[shard] = loop.call_later(
-                self.config.breaker_cooldown_s, self._set_skipping, shard, False
-            )
-            logger.warning(
-                "checkpoint circuit open%s: %d consecutive failures; calls skipped for %.1f s",
-                where, self._breakers[shard].consecutive_failures, self.config.breaker_cooldown_s,
-            )  # fmt: skip
-        else:
-            logger.info("checkpoint circuit closed%s: Redis answers again", where)
-
-    def _set_skipping(self, shard: str, skipping: bool) -> None:
-        if not skipping:
-            timer = self._cooldown_timers.pop(shard, None)
-            if timer is not None:
-                timer.cancel()
-        if skipping != (shard in self._skipping):
-            if skipping:
-                self._skipping.add(shard)
-            else:
-                self._skipping.discard(shard)
-            self.telemetry.circuit_changed(skipping)
+def _call_later(delay_s: float, fn: Callable[[], None]) -> Cancel:
+    """The async API's scheduler for the breaker's cooldown: a timer on the running loop."""
+    return asyncio.get_running_loop().call_later(delay_s, fn).cancel

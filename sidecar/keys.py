@@ -1,10 +1,13 @@
 """Key layout: identifier encoding, the cluster hash tag, and one function per key.
 
-A run owns three keys, all in one Redis Cluster hash slot (the part between ``{`` and ``}``)::
+A run owns four keys, all in one Redis Cluster hash slot (the part between ``{`` and ``}``)::
 
     <prefix>:{<user>:<run>}:sections   hash   section name -> JSON content
-    <prefix>:{<user>:<run>}:meta       hash   progress, order, last update, fencing counter
+    <prefix>:{<user>:<run>}:meta       hash   progress, order, last update, fencing token
     <prefix>:{<user>:<run>}:lease      string owner token of the attempt holding the run
+    <prefix>:{<user>:<run>}:done       string last fencing token of a run that completed: a
+                                              stale attempt's late save is refused, never
+                                              recreating the run (expires with the run's TTL)
 
 ``<user>`` and ``<run>`` are percent-encoded UTF-8 (RFC 3986, only ``A-Z a-z 0-9 - _ . ~`` kept),
 so they contain no ``:``, ``{``, ``}``, glob characters or spaces: distinct (user, run) pairs never
@@ -27,6 +30,7 @@ MAX_SECTION_CHARS: Final = 200
 SECTIONS: Final = "sections"
 META: Final = "meta"
 LEASE: Final = "lease"
+DONE: Final = "done"  # not a KeyKind: its expiry is no run's expiry, the watcher ignores it
 KeyKind = Literal["sections", "meta", "lease"]
 _KINDS: Final[frozenset[str]] = frozenset({SECTIONS, META, LEASE})
 _PREFIX_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -67,21 +71,22 @@ def validate_section(section: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RunKeys:
-    """The three keys of one run, in the order the Lua scripts expect them."""
+    """The four keys of one run, in the order the Lua scripts expect them."""
 
     sections: str
     meta: str
     lease: str
+    done: str
 
     @property
-    def all(self) -> tuple[str, str, str]:
-        return (self.sections, self.meta, self.lease)
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.sections, self.meta, self.lease, self.done)
 
 
 def run_keys(prefix: str, user_id: object, run_id: object) -> RunKeys:
     """Build the keys of one run. Raises :class:`InvalidIdentifier` for a bad identifier."""
     base = f"{prefix}:{{{encode_id('user_id', user_id)}:{encode_id('run_id', run_id)}}}:"
-    return RunKeys(base + SECTIONS, base + META, base + LEASE)
+    return RunKeys(base + SECTIONS, base + META, base + LEASE, base + DONE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -61,3 +61,12 @@ class CheckpointEvent:
     run_id: str
     section: str | None
     duration_s: float
+
+
+class ResumeView(BaseModel):
+    """What a new attempt needs to resume a run, read in one call: its sections in completion
+    order, its progress, and the seconds since its last save (server clock)."""
+
+    sections: dict[str, Any] = Field(default_factory=dict)
+    progress: Progress = Field(default_factory=Progress)
+    age_seconds: float | None = None

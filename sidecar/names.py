@@ -39,6 +39,7 @@ OPERATIONS: Final = (
     "lease_renew",
     "lease_release",
     "mark_in_progress",
+    "resume_view",
 )
 # outcome of one operation.
 OK: Final = "ok"  # Redis answered within the budget
@@ -46,12 +47,14 @@ ERROR: Final = "error"  # Redis unreachable or refused the command
 TIMEOUT: Final = "timeout"  # no answer within the budget: the call gave up
 SKIPPED: Final = "skipped"  # the circuit breaker is open: no network call was made
 REJECTED: Final = "rejected"  # caller mistake or lease conflict: nothing was written
-OUTCOMES: Final = (OK, ERROR, TIMEOUT, SKIPPED, REJECTED)
+CORRUPT: Final = "corrupt"  # a stored value that does not decode or authenticate
+OUTCOMES: Final = (OK, ERROR, TIMEOUT, SKIPPED, REJECTED, CORRUPT)
 # operations whose payload size is observed in checkpoint_section_bytes.
 SIZED_OPERATIONS: Final = ("save_section", "load_section", "load_all_sections")
 RUN_MODES: Final = ("fresh", "resumed")
 RUN_STATUSES: Final = ("completed", "failed")
-SECTION_SOURCES: Final = ("restored", "produced")
+# restored from a checkpoint, produced anew, or discarded: stored but undecodable (produced again)
+SECTION_SOURCES: Final = ("restored", "produced", "discarded")
 
 # --- spans --------------------------------------------------------------------------------
 SPAN_PREFIX: Final = "checkpoint."

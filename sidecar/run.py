@@ -8,9 +8,19 @@
     report = run.result()                               # the seed's result dict
 
 Leaving the block normally deletes every key of the run (cleanup after success); leaving it by
-an exception keeps the checkpoints for the next attempt and re-raises. Either way the lease is
-released. The lease carries a fencing token that grows with every acquisition; saves made
-through a run whose lease was taken over are refused atomically with :class:`LeaseLost`.
+an exception keeps the checkpoints for the next attempt and re-raises that exception, never
+another one. Either way the lease is released, through owner-checked scripts only. The lease
+carries a fencing token that only grows; saves of an attempt whose lease was taken over, or
+whose run was finished, are refused atomically with :class:`LeaseLost`.
+
+When the acquire cannot reach Redis (best-effort mode), the block still runs: the run is
+*unconfirmed*, retries the acquire before each step, and saves nothing until it holds the
+lease; :class:`LeaseHeld` if it then finds another attempt holding the run. The rules live in
+:mod:`sidecar.core.runstate`; this module only awaits.
+
+Servers that hold a lease across requests use the pieces directly: :meth:`ResumableRun.acquire`,
+:meth:`~ResumableRun.save`, :meth:`~ResumableRun.renew`, :meth:`~ResumableRun.complete`,
+:meth:`~ResumableRun.fail`, and ``cp.attach(ctx, owner=..., fencing_token=...)``.
 """
 
 from __future__ import annotations
@@ -19,112 +29,82 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from sidecar import codec, lua
-from sidecar.errors import LeaseHeld, LeaseLost
+from sidecar.core.ops import Op
+from sidecar.core.runstate import RunState, RunView
+from sidecar.errors import (
+    CheckpointRefused,
+    CheckpointTimeout,
+    CheckpointUnavailable,
+    CircuitOpen,
+    LeaseLost,
+)
 from sidecar.keys import validate_section
-from sidecar.manager import CheckpointManager, flat_pairs
+from sidecar.manager import CheckpointManager
+from sidecar.models import CheckpointEvent
 
 logger = logging.getLogger("sidecar")
 Produce = Callable[[], Any]
+_OUTAGES = (CheckpointTimeout, CheckpointUnavailable)
 
 
-class ResumableRun:
+class ResumableRun(RunView):
     """An attempt at one run: ``async with`` it, call :meth:`step` per section."""
 
-    def __init__(self, manager: CheckpointManager, plan: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        manager: CheckpointManager,
+        plan: Sequence[str] | None = None,
+        *,
+        owner: str | None = None,
+        fencing_token: int = 0,
+    ) -> None:
         self.manager = manager
-        self.plan: list[str] = [validate_section(s) for s in plan] if plan else []
-        self.resumed = False
-        self.restored: dict[str, Any] = {}
-        self.fencing_token = 0
-        self._owner = secrets.token_hex(16)
-        self._degraded = False
-        self._lost = False
-        self._report: dict[str, Any] = {}
-        self._restored_used = 0
-        self._success = False
-        self._renewer: asyncio.Task[None] | None = None
         self._cp = manager.checkpointer
-
-    @property
-    def remaining(self) -> list[str]:
-        """Plan sections not yet restored or produced, in plan order."""
-        return [s for s in self.plan if s not in self.restored and s not in self._report]
-
-    @property
-    def lease_lost(self) -> bool:
-        return self._lost
+        self._state = RunState(
+            manager.verbs, self._cp.telemetry.metrics, list(plan) if plan else None,
+            owner=owner, fencing_token=fencing_token,
+        )  # fmt: skip
+        self._renewer: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        cfg = self._cp.config
-        mgr = self.manager
-        args = (self._owner, cfg.lease_ttl_ms, cfg.ttl_ms, len(self.plan))
-        store = self._cp.store
-
-        async def call() -> Any:
-            reply = await store.run_script(lua.ACQUIRE_LEASE, mgr.keys.all, args)
-            if int(reply[0]) != 1:
-                raise LeaseHeld(
-                    f"run is held by another attempt (lease expires in {int(reply[1])} ms)"
-                )
-            return reply
-
         started = time.perf_counter()
-        reply, error = await self._cp.execute(
-            "lease_acquire", "EVALSHA", call, ids=(mgr.user_id, mgr.run_id), slot=mgr.slot
-        )
-        if error is not None:
-            if cfg.strict:
-                raise error
-            # Best effort: run the block anyway, restoring nothing, saving without a lease.
-            self._degraded = True
-            logger.warning("run starts without checkpoints (nothing restored): %s", error)
-        else:
-            assert reply is not None
-            self.fencing_token = int(reply[1])
-            self.restored = {name: codec.load(name, raw) for name, raw in flat_pairs(reply[2])}
-            self.resumed = bool(self.restored)
-            self._renewer = asyncio.create_task(self._renew_forever())
-        metrics = self._cp.telemetry.metrics
-        metrics.runs_started.labels("resumed" if self.resumed else "fresh").inc()
-        if self.resumed:
-            mgr._event("resumed", None, started)
+        strict = self._cp.config.strict
+        try:
+            await self._acquire(release_on_outage=strict)
+        except _OUTAGES as error:
+            if strict:
+                raise
+            # it may have landed: then the lease is ours without our knowing; the next step's
+            # acquire confirms it (same owner), and leaving the block releases it either way
+            logger.warning("run starts unconfirmed (nothing restored yet): %s", error)
+        self._state.started()
+        self._after_acquire(started)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:  # fmt: skip
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-        metrics = self._cp.telemetry.metrics
+        await self._stop_renewing()
         if exc is not None:
-            metrics.runs_finished.labels("failed").inc()
-            if not self._degraded:
-                await self._release()
+            self._state.finished(False)
+            await self._release()  # never replaces the exception: logged and counted
             return
         try:
-            if self._lost:
+            if self._state.lost:
                 raise LeaseLost("another attempt took this run over; it did not complete here")
-            if self._degraded:
-                await self.manager.cleanup()
-            else:
-                await self._finish()
+            await self._finish()
         except BaseException:
-            metrics.runs_finished.labels("failed").inc()
+            self._state.finished(False)
             raise
-        metrics.runs_finished.labels("completed").inc()
-        self._success = True
+        self._state.finished(True)
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -135,99 +115,128 @@ class ResumableRun:
         restored content into a type (a pydantic model, say) so both paths return the same kind.
         """
         name = validate_section(section)
-        metrics = self._cp.telemetry.metrics
-        if name in self.restored:
-            value = self.restored[name]
-            if model is not None:
-                value = codec.load(name, codec.dump(name, value, 1 << 62), model)
-            if name not in self._report:
-                self._restored_used += 1
-                metrics.sections.labels("restored").inc()
-            self._report[name] = value
+        state = self._state
+        found, value = state.take_restored(name, model)
+        if found:
             return value
-        if name in self._report:  # produced earlier in this attempt: never pay twice
-            return self._report[name]
-        if self._lost:
+        if name in state.report:  # produced earlier in this attempt: never pay twice
+            return state.report[name]
+        if state.lost:
             raise LeaseLost("this attempt's lease was taken over; it may not produce sections")
-        await self._mark(name)
+        if not state.confirmed:
+            await self._retry_acquire()
+            found, value = state.take_restored(name, model)
+            if found:
+                return value
+        elif state.needs_mark(name):
+            await self._cp.execute_op(state.mark(name))  # LeaseLost raises; outages don't matter
         result = produce()
         if inspect.isawaitable(result):
             result = await result
-        owner = "" if self._degraded else self._owner
-        try:
-            await self.manager._save(name, result, owner=owner, fence=self.fencing_token)
-        except LeaseLost:
-            self._lost = True
-            raise
-        metrics.sections.labels("produced").inc()
-        self._report[name] = result
+        if state.confirmed:
+            await self._cp.perform(state.save(name, result))
+        state.produced(name, result)
         return result
 
-    def result(self) -> dict[str, Any]:
-        """The seed's result: success, report (sections in order), checkpoints_used, resumed."""
-        order = {name: i for i, name in enumerate(self.plan)}
-        report = dict(sorted(self._report.items(), key=lambda kv: order.get(kv[0], len(order))))
-        return {
-            "success": self._success,
-            "report": report,
-            "checkpoints_used": self.resumed,
-            "resumed_sections": self._restored_used,
-        }
+    # --- the pieces, for servers that hold a lease across requests ---------------------------
 
-    # --- lease bookkeeping -------------------------------------------------------------------
+    async def acquire(self) -> None:
+        """Take the lease and restore, in one round trip; counts the run as started.
 
-    async def _mark(self, name: str) -> None:
-        """Record the section in progress; bookkeeping only, so outages never raise here."""
-        if self._degraded:
-            return
-        mgr, store, cfg = self.manager, self._cp.store, self._cp.config
-        args = (name, self._owner, cfg.ttl_ms)
-        await self._cp.execute(
-            "mark_in_progress", "EVALSHA",
-            lambda: store.run_script(lua.MARK_IN_PROGRESS, mgr.keys.all, args),
-            ids=(mgr.user_id, mgr.run_id), slot=mgr.slot, section=name,
-        )  # fmt: skip
+        Raises :class:`LeaseHeld` (``retry_after_ms``), or the outage whatever ``strict``
+        says; an acquire that failed or was cancelled after it may have landed is released.
+        Restored sections are counted here (the caller uses them).
+        """
+        await self._acquire(release_on_outage=True)
+        self._state.started()
+        for name in self._state.restored:
+            self._state.take_restored(name)
 
-    async def _renew_forever(self) -> None:
-        cfg, mgr, store = self._cp.config, self.manager, self._cp.store
-        interval = cfg.lease_ttl_seconds / 3
-        args = (self._owner, cfg.lease_ttl_ms)
-        while not self._lost:
-            await asyncio.sleep(interval)
-            reply, error = await self._cp.execute(
-                "lease_renew", "EVALSHA",
-                lambda: store.run_script(lua.RENEW_LEASE, (mgr.keys.lease,), args),
-                ids=(mgr.user_id, mgr.run_id), slot=mgr.slot,
-            )  # fmt: skip
-            if error is None and not int(reply or 0):
-                # expired during an outage; the next save re-takes it if nobody else did
-                logger.warning("lease of a run expired before renewal; will re-take on save")
+    async def save(self, section: str, content: Any) -> bool:
+        """Save a produced section under this attempt's lease (fenced); raises LeaseLost."""
+        name = validate_section(section)
+        ok = await self._cp.perform(self._state.save(name, content))
+        if ok:
+            self._state.produced(name, content)
+        return ok
 
-    async def _release(self) -> None:
-        mgr, store = self.manager, self._cp.store
-        owner = self._owner
-        _, error = await self._cp.execute(
-            "lease_release", "EVALSHA",
-            lambda: store.run_script(lua.RELEASE_LEASE, mgr.keys.all[1:], (owner,)),
-            ids=(mgr.user_id, mgr.run_id), slot=mgr.slot,
-        )  # fmt: skip
-        if error is not None and self._cp.config.strict:
-            raise error
+    async def renew(self) -> None:
+        """Extend the lease; raises :class:`LeaseLost` when the run is not ours any more."""
+        if not await self._checked(self._state.renew()):
+            raise LeaseLost("lease renewal refused: the run is not this attempt's any more")
 
-    async def _finish(self) -> None:
-        mgr, store = self.manager, self._cp.store
-        args = (self._owner, self.fencing_token)
-        started = time.perf_counter()
+    async def complete(self) -> None:
+        """Cleanup after success (fenced): every key of the run is deleted."""
+        await self._finish()
+        self._state.finished(True)
 
-        async def call() -> None:
-            if not int(await store.run_script(lua.FINISH_RUN, mgr.keys.all, args)):
-                raise LeaseLost("cleanup refused: another attempt has taken over this run")
+    async def fail(self) -> None:
+        """Give the lease back and keep the checkpoints for the next attempt."""
+        self._state.finished(False)
+        if not await self._checked(self._state.release()):
+            raise LeaseLost("release refused: the lease is not this attempt's")
 
-        _, error = await self._cp.execute(
-            "cleanup", "EVALSHA", call, ids=(mgr.user_id, mgr.run_id), slot=mgr.slot
-        )
+    # --- internals ---------------------------------------------------------------------------
+
+    async def _checked(self, op: Op[bool]) -> bool:
+        """The op's answer; on an outage True in best-effort mode (nothing was refused), the
+        error in strict mode."""
+        answer, error = await self._cp.execute_op(op)
         if error is not None:
             if self._cp.config.strict:
                 raise error
+            return True
+        return bool(answer)
+
+    async def _acquire(self, *, release_on_outage: bool) -> None:
+        try:
+            await self._cp.perform(self._state.acquire())
+        except _OUTAGES as error:
+            if release_on_outage and not isinstance(error, CheckpointRefused | CircuitOpen):
+                await self._release()  # it may have landed: give it back (owner-checked)
+            raise
+        except asyncio.CancelledError:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._release())
+            raise
+
+    async def _retry_acquire(self) -> None:
+        """An unconfirmed run tries again before a step; LeaseHeld if another attempt has it."""
+        started = time.perf_counter()
+        with contextlib.suppress(*_OUTAGES):
+            await self._acquire(release_on_outage=False)
+            self._after_acquire(started)
+
+    def _after_acquire(self, started: float) -> None:
+        state = self._state
+        if not state.confirmed:
             return
-        mgr._event("cleaned", None, started)
+        if state.resumed:
+            mgr = self.manager
+            self._cp.emit(CheckpointEvent(
+                "resumed", mgr.user_id, mgr.run_id, None, time.perf_counter() - started
+            ))  # fmt: skip
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_forever())
+
+    async def _stop_renewing(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+
+    async def _renew_forever(self) -> None:
+        interval = self._cp.config.lease_ttl_seconds / 3
+        while not self._state.lost:
+            await asyncio.sleep(interval)
+            renewed, error = await self._cp.execute_op(self._state.renew())
+            if error is None and not renewed:
+                logger.warning("lease of a run was lost: another attempt took it or it ended")
+
+    async def _release(self) -> None:
+        """Owner-checked release; failures are logged and counted (execute), never raised."""
+        await self._cp.execute_op(self._state.release())
+
+    async def _finish(self) -> None:
+        await self._cp.perform(self._state.finish())

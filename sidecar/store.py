@@ -17,15 +17,43 @@ from typing import Any, TypeAlias
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.cluster import RedisCluster as SyncRedisCluster
 
-from sidecar.errors import CheckpointTimeout, CheckpointUnavailable
+from sidecar.core.ops import Command
+from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
 from sidecar.lua import Script
 from sidecar.sockets import OwnedSockets
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 Arg: TypeAlias = str | bytes | int | float
+
+
+# Error replies that mean "no node can serve this now": outages, counted by the breaker.
+# Every other error reply (OOM, NOPERM, WRONGTYPE, ...) is Redis answering: a refusal.
+OUTAGE_CODES = frozenset({"CLUSTERDOWN", "MASTERDOWN", "READONLY", "LOADING", "TRYAGAIN", "BUSY"})
+
+
+def error_code(exc: rexc.ResponseError) -> str:
+    """The Redis error code (OOM, NOPERM, ...) of an error reply.
+
+    redis-py strips the code from the text of the exceptions it knows (ReadOnlyError,
+    NoPermissionError, OutOfMemoryError, ...): take it back from the class then.
+    """
+    known: dict[type[rexc.ResponseError], str] = {
+        rexc.ReadOnlyError: "READONLY",
+        rexc.NoPermissionError: "NOPERM",
+        rexc.OutOfMemoryError: "OOM",
+        rexc.NoScriptError: "NOSCRIPT",
+        rexc.MasterDownError: "MASTERDOWN",  # before its base class, ClusterDownError
+        rexc.ClusterDownError: "CLUSTERDOWN",
+        rexc.TryAgainError: "TRYAGAIN",
+    }
+    for cls, code in known.items():
+        if isinstance(exc, cls):
+            return code
+    return getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0] or type(exc).__name__
 
 
 def mapped_error(operation: str, exc: Exception) -> CheckpointTimeout | CheckpointUnavailable:
@@ -39,9 +67,10 @@ def mapped_error(operation: str, exc: Exception) -> CheckpointTimeout | Checkpoi
     if isinstance(exc, rexc.ConnectionError):  # includes AuthenticationError
         return CheckpointUnavailable(f"{operation}: Redis unreachable ({type(exc).__name__})")
     if isinstance(exc, rexc.ResponseError):
-        # redis-py strips the error code (MOVED, OOM, NOPERM...) from the text: take it back
-        code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0] or type(exc).__name__
-        return CheckpointUnavailable(f"{operation}: Redis refused the command ({code})")
+        code = error_code(exc)
+        if code in OUTAGE_CODES:
+            return CheckpointUnavailable(f"{operation}: Redis cannot serve now ({code})")
+        return CheckpointRefused(f"{operation}: Redis refused the command ({code})")
     if isinstance(exc, rexc.RedisClusterException):  # no node reachable, slot not covered
         return CheckpointUnavailable(
             f"{operation}: Redis Cluster unavailable ({type(exc).__name__})"
@@ -96,10 +125,34 @@ def drops_cancellations(client: RedisClient) -> bool:
     return "socket_timeout" not in kwargs or kwargs["socket_timeout"] is not None
 
 
-def server_address(client: RedisClient) -> tuple[str, int]:
+def is_cluster(client: Any) -> bool:
+    """A Redis Cluster client, asyncio's or the sync one (the sync API shares these helpers)."""
+    return isinstance(client, RedisCluster | SyncRedisCluster)
+
+
+def key_slot(client: Any, key: str) -> int | None:
+    """The hash slot of ``key`` on a cluster; None on a single server."""
+    return int(client.keyslot(key)) if is_cluster(client) else None
+
+
+def shard_name(client: Any, slot: int) -> str:
+    """Name (host:port) of the primary serving ``slot`` now, as the client last learned it.
+
+    "" on a single server, and on a cluster before discovery or while a slot is uncovered.
+    A failover changes the answer once the client has learned the new topology.
+    """
+    if not is_cluster(client):
+        return ""
+    try:
+        return str(client.nodes_manager.get_node_from_slot(slot).name)
+    except (rexc.SlotNotCoveredError, KeyError):
+        return ""
+
+
+def server_address(client: Any) -> tuple[str, int]:
     """Host and port for span attributes (the default node of a cluster: before the client
     has discovered the topology, the first startup node of its URL)."""
-    if isinstance(client, RedisCluster):
+    if is_cluster(client):
         node = client.get_default_node()
         if node is None:
             known = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
@@ -119,23 +172,10 @@ class Store:
         self._discovery = asyncio.Lock()
 
     def slot(self, key: str) -> int | None:
-        """The hash slot of ``key`` on a cluster; None on a single server."""
-        if isinstance(self.client, RedisCluster):
-            return self.client.keyslot(key)
-        return None
+        return key_slot(self.client, key)
 
     def shard(self, slot: int) -> str:
-        """Name (host:port) of the primary serving ``slot`` now, as the client last learned it.
-
-        "" on a single server, and on a cluster before discovery or while a slot is uncovered.
-        A failover changes the answer once the client has learned the new topology.
-        """
-        if not isinstance(self.client, RedisCluster):
-            return ""
-        try:
-            return str(self.client.nodes_manager.get_node_from_slot(slot).name)
-        except (rexc.SlotNotCoveredError, KeyError):
-            return ""
+        return shard_name(self.client, slot)
 
     async def _ready(self) -> None:
         """Discover a cluster's topology once, before its first command.
@@ -165,6 +205,15 @@ class Store:
                 return await self.client.eval(script.source, len(keys), *keys, *args)
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise mapped_error(script.name, exc) from exc
+
+    async def send(self, operation: str, command: Command) -> Any:
+        """Send one command (an op's): EVALSHA of its script, or the plain command."""
+        if command.script is not None:
+            return await self.run_script(command.script, command.keys, command.args)
+        with mapped_errors(operation):
+            if self._discover:
+                await self._ready()
+            return await self.client.execute_command(command.name, *command.keys, *command.args)
 
     async def hget(self, operation: str, key: str, field: str) -> Any:
         with mapped_errors(operation):

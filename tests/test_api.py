@@ -7,9 +7,11 @@ import sidecar
 
 EXPECTED = {
     "CheckpointConfig", "CheckpointError", "CheckpointEvent", "CheckpointFactory",
-    "CheckpointManager", "CheckpointTimeout", "CheckpointUnavailable", "Checkpointer",
-    "InvalidIdentifier", "LeaseHeld", "LeaseLost", "Progress", "ResumableRun", "RunContext",
-    "SectionTooLarge", "SerializationError", "__version__",
+    "CheckpointManager", "CheckpointRefused", "CheckpointTimeout", "CheckpointUnavailable",
+    "Checkpointer", "CircuitOpen", "IntegrityError", "InvalidIdentifier", "LeaseHeld",
+    "LeaseLost", "Progress", "ResumableRun", "ResumeView", "RunContext", "SectionTooLarge",
+    "SerializationError", "SyncCheckpointManager", "SyncCheckpointer", "SyncResumableRun",
+    "__version__",
 }  # fmt: skip
 
 
@@ -33,15 +35,19 @@ def test_every_exported_name_resolves() -> None:
 
 def test_error_hierarchy() -> None:
     for name in ("InvalidIdentifier", "SectionTooLarge", "SerializationError",
-                 "CheckpointUnavailable", "CheckpointTimeout", "LeaseHeld", "LeaseLost"):  # fmt: skip
+                 "CheckpointUnavailable", "CheckpointTimeout", "LeaseHeld", "LeaseLost",
+                 "IntegrityError", "CheckpointRefused", "CircuitOpen"):  # fmt: skip
         assert issubclass(getattr(sidecar, name), sidecar.CheckpointError)
+    for name in ("CheckpointRefused", "CircuitOpen"):  # strict mode raises them as outages
+        assert issubclass(getattr(sidecar, name), sidecar.CheckpointUnavailable)
     assert issubclass(sidecar.InvalidIdentifier, ValueError)
 
 
 def test_library_imports_no_opentelemetry_sdk() -> None:
     """The library depends on opentelemetry-api only; the SDK belongs to applications."""
     root = Path(sidecar.__file__).parent
-    for path in root.glob("*.py"):
+    library = [*root.glob("*.py"), *root.glob("core/*.py"), *root.glob("sync/*.py")]
+    for path in library:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.col_offset == 0:
                 assert not node.module.startswith("opentelemetry.sdk"), path

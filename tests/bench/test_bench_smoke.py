@@ -62,3 +62,13 @@ def test_throughput_quick(tmp_path: Path) -> None:
     assert data["memory"]["library_memory_usage_bytes"] > data["memory"]["payload_bytes"]
     assert data["sidecar"]["rss_after_mib"] > 0
     assert data["sidecar"]["expiries_counted"] == data["sidecar"]["expiring_runs"]
+
+
+def test_steps_quick(tmp_path: Path) -> None:
+    text, data = run_bench("steps.py", tmp_path)
+    assert "Steps/s" in text
+    for concurrency in (1, 32):
+        figures = data[f"concurrency_{concurrency}"]
+        assert figures["one_round_trip_steps_per_s"] > 0
+        assert figures["two_round_trips_steps_per_s"] > 0
+    assert data["spans_exported"] > 0

@@ -1,0 +1,69 @@
+"""Operations as data: the command a verb sends and how its reply becomes the verb's result.
+
+An :class:`Op` is built without I/O (validation, serialization and argument building happen
+here) and carried out by a shell: ``await cp.perform(op)`` (asyncio) or ``cp.perform(op)``
+(threads). ``parse`` runs on the reply inside the call's budget; a lease conflict it raises is
+recorded as outcome ``rejected``, an undecodable stored value as ``corrupt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeAlias, TypeVar
+
+from sidecar.lua import Script
+from sidecar.models import EventKind
+
+T_co = TypeVar("T_co", covariant=True)
+Arg: TypeAlias = str | bytes | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One Redis command: EVALSHA of ``script`` (EVAL on NOSCRIPT), or the plain ``name``."""
+
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[Arg, ...] = ()
+    script: Script | None = None
+
+    @property
+    def db_operation(self) -> str:
+        """The ``db.operation.name`` of the span: EVALSHA for scripts, else the command."""
+        return "EVALSHA" if self.script is not None else self.name
+
+
+def script_call(script: Script, keys: tuple[str, ...], args: tuple[Arg, ...] = ()) -> Command:
+    return Command("EVALSHA", keys, args, script)
+
+
+def _always(_: Any) -> bool:
+    return True
+
+
+def _identity(reply: Any) -> Any:
+    return reply
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[T_co]):
+    """One instrumented, budget-bounded checkpoint operation of one run.
+
+    ``nothing`` is what best-effort mode returns on an outage; ``always_raise`` makes outages
+    raise whatever ``strict`` says (reads whose "nothing" would be a lie, lease acquisition).
+    ``event`` is emitted after a successful call when ``event_if(result)`` holds.
+    """
+
+    operation: str
+    command: Command
+    ids: tuple[str, str]
+    slot: int | None
+    nothing: T_co
+    parse: Callable[[Any], T_co] = field(default=_identity)
+    section: str | None = None
+    nbytes: int | None = None
+    measure: Callable[[Any], int | None] | None = None
+    always_raise: bool = False
+    event: EventKind | None = None
+    event_if: Callable[[Any], bool] = field(default=_always)

@@ -1,0 +1,256 @@
+"""The seed's verbs as :class:`~sidecar.core.ops.Op` builders, for one (user, run).
+
+=====================  =====================================  =========================
+verb                   command                                best-effort "nothing"
+=====================  =====================================  =========================
+save_section           EVALSHA save_section                   False
+load_section           HGET (EVALSHA with refresh_ttl_on_read) None
+load_all_sections      EVALSHA load_all_sections              {}
+get_progress           HGETALL meta                           Progress()
+has_checkpoints        EXISTS sections                        False
+get_checkpoint_age     EVALSHA get_checkpoint_age             None
+cleanup                UNLINK sections meta lease             False
+resume_view            EVALSHA resume_view                    None
+=====================  =====================================  =========================
+
+Validation and serialization happen while building, before any I/O: a caller mistake is
+recorded (outcome ``rejected``) and raised here, in every mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sidecar import codec, lua
+from sidecar.config import CheckpointConfig
+from sidecar.core.calls import CallRecorder
+from sidecar.core.ops import Command, Op, script_call
+from sidecar.errors import CheckpointError
+from sidecar.keys import RunKeys, run_keys, validate_section
+from sidecar.models import ContextLike, Progress, ResumeView
+
+T = TypeVar("T")
+_ORDER = "o:"
+
+
+def text(value: Any) -> str:
+    """A reply element as str, whether the client decodes responses or not."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def flat_pairs(flat: list[Any]) -> list[tuple[str, Any]]:
+    """A flat [name, value, ...] reply as (str name, value) pairs, in reply order."""
+    return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+
+
+def parse_time(raw: Any) -> datetime | None:
+    """Server TIME stored as "sec.usec" → an aware UTC datetime (exact, no float rounding)."""
+    if raw is None or raw is False:
+        return None
+    sec, _, usec = text(raw).partition(".")
+    return datetime.fromtimestamp(int(sec), UTC) + timedelta(microseconds=int(usec or 0))
+
+
+def server_now(sec: Any, usec: Any) -> datetime:
+    return datetime.fromtimestamp(int(text(sec)), UTC) + timedelta(microseconds=int(text(usec)))
+
+
+def progress_from_meta(meta: dict[str, Any]) -> Progress:
+    """The seed's progress shape from a run's meta hash (str field names)."""
+    order = sorted(
+        ((int(text(pos)), field[len(_ORDER) :]) for field, pos in meta.items()
+         if field.startswith(_ORDER)),
+    )  # fmt: skip
+    completed = [name for _, name in order]
+    total = int(text(meta.get("total", 0)))
+    in_progress = meta.get("ip")
+    return Progress(
+        completed_sections=completed,
+        in_progress=text(in_progress) if in_progress is not None else None,
+        total_sections=total or len(completed),
+        last_update=parse_time(meta.get("t")),
+    )
+
+
+def age_seconds(last: Any, now: datetime) -> float | None:
+    saved = parse_time(last)
+    return None if saved is None else max(0.0, (now - saved).total_seconds())
+
+
+def _size(raw: Any) -> int | None:
+    return len(raw) if raw is not None else None
+
+
+def _reply_size(reply: Any) -> int | None:
+    if not reply:
+        return None
+    return sum(len(reply[i]) for i in range(1, len(reply), 2)) or None
+
+
+def _true(_: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One (user, run): its keys, its identifiers and, on a cluster, its hash slot."""
+
+    keys: RunKeys
+    ids: tuple[str, str]
+    slot: int | None
+
+
+def scope_for(
+    config: CheckpointConfig, ctx: ContextLike, slot_of: Callable[[str], int | None]
+) -> Scope:
+    """Validate a context's identifiers (raises InvalidIdentifier) and build its scope."""
+    user_id: str = getattr(ctx, "user_id", None)  # type: ignore[assignment]
+    run_id: str = getattr(ctx, "run_id", None)  # type: ignore[assignment]
+    keys = run_keys(config.key_prefix, user_id, run_id)
+    return Scope(keys, (user_id, run_id), slot_of(keys.meta))
+
+
+class Verbs:
+    """Builds the op of each verb for one scope; the shells carry them out."""
+
+    def __init__(self, scope: Scope, config: CheckpointConfig, recorder: CallRecorder) -> None:
+        self.scope = scope
+        self.config = config
+        self.recorder = recorder
+
+    def op(self, operation: str, command: Command, nothing: T, **kw: Any) -> Op[T]:
+        return Op(operation, command, self.scope.ids, self.scope.slot, nothing, **kw)
+
+    def section(self, operation: str, section: object) -> str:
+        """A validated section name; a bad one is recorded as ``rejected`` and raised."""
+        try:
+            return validate_section(section)
+        except CheckpointError as exc:
+            self.recorder.reject(operation, exc)
+            raise
+
+    def payload(self, operation: str, name: str, content: Any) -> bytes:
+        """Serialized content; unserializable or too large content is recorded and raised."""
+        try:
+            return codec.dump(name, content, self.config.max_section_bytes)
+        except CheckpointError as exc:
+            self.recorder.reject(operation, exc, name)
+            raise
+
+    # --- the seed's verbs --------------------------------------------------------------------
+
+    def save_section(
+        self,
+        name: str,
+        payload: bytes,
+        *,
+        owner: str = "",
+        fence: int = 0,
+        next_section: str = "",
+        parse: Callable[[Any], bool] = _true,
+    ) -> Op[bool]:
+        cfg = self.config
+        args = (name, payload, cfg.ttl_ms, owner, fence, cfg.lease_ttl_ms, next_section)
+        return self.op(
+            "save_section", script_call(lua.SAVE_SECTION, self.scope.keys.all, args), False,
+            parse=parse, section=name, nbytes=len(payload), event="saved",
+        )  # fmt: skip
+
+    def load_section(self, name: str, model: Any = None) -> Op[Any]:
+        keys, cfg = self.scope.keys, self.config
+        command = (
+            script_call(lua.LOAD_SECTION_REFRESH, keys.all[:2], (name, cfg.ttl_ms))
+            if cfg.refresh_ttl_on_read
+            else Command("HGET", (keys.sections,), (name,))
+        )
+
+        def parse(raw: Any) -> Any:
+            return None if raw is None else codec.load(name, raw, model)
+
+        return self.op(
+            "load_section", command, None, parse=parse, section=name, measure=_size,
+            event="loaded", event_if=_loaded,
+        )  # fmt: skip
+
+    def load_all_sections(self, model: Any = None) -> Op[dict[str, Any]]:
+        cfg = self.config
+        command = (
+            script_call(lua.LOAD_ALL_REFRESH, self.scope.keys.all[:2], (cfg.ttl_ms,))
+            if cfg.refresh_ttl_on_read
+            else script_call(lua.LOAD_ALL, self.scope.keys.all[:2])
+        )
+
+        def parse(reply: Any) -> dict[str, Any]:
+            return {name: codec.load(name, raw, model) for name, raw in flat_pairs(reply or [])}
+
+        empty: dict[str, Any] = {}
+        return self.op(
+            "load_all_sections", command, empty, parse=parse, measure=_reply_size,
+            event="loaded", event_if=bool,
+        )  # fmt: skip
+
+    def get_progress(self) -> Op[Progress]:
+        def parse(meta: Any) -> Progress:
+            if not meta:
+                return Progress()
+            return progress_from_meta({text(k): v for k, v in meta.items()})
+
+        return self.op(
+            "get_progress", Command("HGETALL", (self.scope.keys.meta,)), Progress(), parse=parse
+        )
+
+    def has_checkpoints(self) -> Op[bool]:
+        return self.op(
+            "has_checkpoints", Command("EXISTS", (self.scope.keys.sections,)), False, parse=bool
+        )
+
+    def get_checkpoint_age(self) -> Op[float | None]:
+        def parse(reply: Any) -> float | None:
+            if not reply or not reply[0]:
+                return None
+            return age_seconds(reply[0], server_now(reply[1], reply[2]))
+
+        command = script_call(lua.CHECKPOINT_AGE, self.scope.keys.all[:2])
+        return self.op("get_checkpoint_age", command, None, parse=parse)
+
+    def cleanup(self) -> Op[bool]:
+        return self.op(
+            "cleanup", Command("UNLINK", self.scope.keys.all), False, parse=_true,
+            event="cleaned",
+        )  # fmt: skip
+
+    def resume_view(self, model: Any = None) -> Op[ResumeView | None]:
+        """Sections in completion order, progress and age in one call; None without a run."""
+
+        def parse(reply: Any) -> ResumeView | None:
+            flat, meta_flat, sec, usec = reply
+            meta = dict(flat_pairs(meta_flat))
+            if not flat and not meta:
+                return None
+            sections = {name: codec.load(name, raw, model) for name, raw in flat_pairs(flat)}
+            return ResumeView(
+                sections=sections,
+                progress=progress_from_meta(meta) if meta else Progress(),
+                age_seconds=age_seconds(meta.get("t"), server_now(sec, usec)),
+            )
+
+        command = script_call(lua.RESUME_VIEW, self.scope.keys.all[:2])
+        return self.op(
+            "resume_view", command, None, parse=parse, event="loaded",
+            event_if=_present, measure=_view_size,
+        )  # fmt: skip
+
+
+def _loaded(value: Any) -> bool:
+    return value is not None
+
+
+def _present(view: ResumeView | None) -> bool:
+    return view is not None
+
+
+def _view_size(reply: Any) -> int | None:
+    return _reply_size(reply[0]) if reply else None

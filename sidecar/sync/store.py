@@ -1,0 +1,178 @@
+"""The sync API's Redis boundary: every call ends by its budget, whatever Redis does.
+
+redis-py's sync client blocks in ``connect``, ``sendall`` and ``recv``. Each call here sets a
+deadline for its thread (:data:`DEADLINE`), and the connection classes below derive every
+socket timeout from what is left of it: the connect timeout, the send timeout, and the read
+timeout of each reply (the NOSCRIPT fallback, a cluster redirect and a fresh connection's
+handshake included). A socket operation that times out makes redis-py disconnect that
+connection: it goes back to the pool closed, never with a reply still in flight, so the next
+call on it reconnects instead of reading the late reply of another command.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import redis
+import redis.exceptions as rexc
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from sidecar.core.ops import Arg, Command
+from sidecar.lua import Script
+from sidecar.store import key_slot, mapped_error, mapped_errors, shard_name
+
+SyncRedisClient: TypeAlias = "redis.Redis | RedisCluster"
+
+
+class _Deadline(threading.local):
+    """The deadline (monotonic seconds) of the call running in this thread, if any."""
+
+    at: float | None = None
+
+
+DEADLINE = _Deadline()
+
+
+def remaining() -> float | None:
+    """Seconds left of this thread's call; raises redis-py's TimeoutError once spent."""
+    at = DEADLINE.at
+    if at is None:
+        return None
+    left = at - time.monotonic()
+    if left <= 0:
+        raise rexc.TimeoutError("checkpoint budget spent")
+    return left
+
+
+class _Bounded:
+    """Socket timeouts from the call's deadline (mixed into redis-py's connection classes)."""
+
+    socket_timeout: float | None
+    socket_connect_timeout: float | None
+    _sock: Any
+
+    def _connect(self) -> Any:
+        left = remaining()
+        if left is not None:
+            self.socket_connect_timeout = left
+            self.socket_timeout = left
+        return super()._connect()  # type: ignore[misc]
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        left = remaining()
+        if left is not None and self._sock is not None:
+            self._sock.settimeout(left)
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+    def read_response(self, disable_decoding: bool = False, **kwargs: Any) -> Any:
+        left = remaining()
+        if left is not None:
+            kwargs["timeout"] = left
+        return super().read_response(disable_decoding, **kwargs)  # type: ignore[misc]
+
+
+class BoundedConnection(_Bounded, redis.Connection):
+    """TCP connection whose every socket operation ends by the call's deadline."""
+
+
+class BoundedSSLConnection(_Bounded, redis.SSLConnection):
+    """TLS connection whose every socket operation ends by the call's deadline."""
+
+
+class BoundedUnixConnection(_Bounded, redis.UnixDomainSocketConnection):
+    """Unix-socket connection whose every socket operation ends by the call's deadline."""
+
+
+def build_sync_client(url: str, *, cluster: bool = False) -> SyncRedisClient:
+    """A client with redis-py's own retries off and socket timeouts from each call's budget."""
+    no_retry = Retry(NoBackoff(), 0)
+    if cluster:
+        tls = url.startswith("rediss")
+        url = url.replace("redis+cluster://", "redis://", 1).replace(
+            "rediss+cluster://", "rediss://", 1
+        )
+        return RedisCluster.from_url(
+            url, retry=no_retry, socket_timeout=None,
+            connection_class=BoundedSSLConnection if tls else BoundedConnection,
+        )  # fmt: skip
+    if url.startswith("rediss://"):
+        connection_class: type[redis.Connection | redis.UnixDomainSocketConnection] = (
+            BoundedSSLConnection
+        )
+    elif url.startswith("unix://"):
+        connection_class = BoundedUnixConnection
+    else:
+        connection_class = BoundedConnection
+    return redis.Redis.from_url(
+        url, retry=no_retry, health_check_interval=0, socket_timeout=None,
+        connection_class=connection_class,
+    )  # fmt: skip
+
+
+def is_bounded(client: SyncRedisClient) -> bool:
+    """Whether the client's connections honour the call deadline (built by us, or by you with
+    one of the Bounded connection classes)."""
+    if isinstance(client, RedisCluster):
+        kwargs = client.nodes_manager.connection_kwargs
+        cls = kwargs.get("connection_class", redis.Connection)
+    else:
+        cls = client.connection_pool.connection_class
+    return isinstance(cls, type) and issubclass(cls, _Bounded)
+
+
+class SyncStore:
+    """One sync Redis (or Redis Cluster) client; thread-safe (redis-py's connection pools)."""
+
+    def __init__(self, client: SyncRedisClient) -> None:
+        self.client = client
+        self._discovery = threading.Lock()
+
+    def slot(self, key: str) -> int | None:
+        return key_slot(self.client, key)
+
+    def shard(self, slot: int) -> str:
+        return shard_name(self.client, slot)
+
+    def send(self, operation: str, command: Command, budget_s: float | None) -> Any:
+        """Send one command within ``budget_s`` seconds (None: no deadline)."""
+        DEADLINE.at = None if budget_s is None else time.monotonic() + budget_s
+        try:
+            if command.script is not None:
+                return self.run_script(command.script, command.keys, command.args)
+            with mapped_errors(operation):
+                return self.client.execute_command(  # type: ignore[no-untyped-call]
+                    command.name, *command.keys, *command.args
+                )
+        finally:
+            DEADLINE.at = None
+
+    def run_script(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            try:
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except rexc.NoScriptError:
+                return self.client.eval(script.source, len(keys), *keys, *args)
+        except (rexc.RedisError, rexc.RedisClusterException) as exc:
+            raise mapped_error(script.name, exc) from exc
+
+    def connect(self, wait_s: float) -> None:
+        """Open a connection to every primary (one PING each) within ``wait_s``."""
+        DEADLINE.at = time.monotonic() + wait_s
+        try:
+            with mapped_errors("connect"):
+                if isinstance(self.client, RedisCluster):
+                    self.client.execute_command(  # type: ignore[no-untyped-call]
+                        "PING", target_nodes=RedisCluster.PRIMARIES
+                    )
+                else:
+                    self.client.ping()
+        finally:
+            DEADLINE.at = None
+
+    def close(self) -> None:
+        self.client.close()
