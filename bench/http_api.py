@@ -39,7 +39,6 @@ from _common import (
 from prometheus_client import CollectorRegistry
 
 from sidecar import CheckpointConfig, Checkpointer, RunContext
-from sidecar.api import compat
 from sidecar.server.embedded import stop_process
 
 USER, RUN = "bench-user", "bench-run"
@@ -61,7 +60,7 @@ async def library_round(cp: Checkpointer, n: int, content: Any) -> tuple[list[fl
         save.append((time.perf_counter() - t0) * 1e6)
     for _ in range(n):
         t0 = time.perf_counter()
-        await compat.resume_view(cp, ctx)
+        await mgr.resume_view()
         view.append((time.perf_counter() - t0) * 1e6)
     return save, view
 

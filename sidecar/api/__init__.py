@@ -13,7 +13,6 @@ Served by ``checkpoint-sidecar serve`` on its own listener (default 127.0.0.1:94
     server.py    the uvicorn listener (TCP or Unix socket)
     cli.py       the ``serve`` flags and the call that runs the listener
     metrics.py   the API's checkpoint metrics on the sidecar's /metrics
-    compat.py    the run API of the library as the handlers use it
 """
 
 from sidecar.api.app import ApiApp

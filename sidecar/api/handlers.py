@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.api import compat
-from sidecar.api.http import NO_CONTENT, Request, Response, parse_json
+from sidecar.api.http import JSON_TYPE, NO_CONTENT, Request, Response, parse_json
 from sidecar.api.problems import Problem
 from sidecar.checkpointer import Checkpointer
 from sidecar.keys import validate_section
@@ -73,7 +72,8 @@ async def save_section(api: Api, req: Request) -> Response:
     if lease is None:
         await mgr.save_section(section, content)
     else:
-        await compat.attach_run(api.cp, ids, *lease).save(section, content)
+        owner, fence = lease
+        await api.cp.attach(ids, owner=owner, fencing_token=fence).save(section, content)
     return NO_CONTENT
 
 
@@ -86,10 +86,10 @@ async def load_section(api: Api, req: Request) -> Response:
 
 
 async def resume_view(api: Api, req: Request) -> Response:
-    view = await compat.resume_view(api.cp, _ids(req))
+    view = await api.cp.manager(_ids(req)).resume_view()
     if view is None:
         raise Problem("run_not_found", "this run has no checkpoints (never saved, or expired)")
-    return Response.json(200, view)
+    return Response(200, view.model_dump_json().encode(), JSON_TYPE)
 
 
 async def cleanup(api: Api, req: Request) -> Response:
@@ -115,7 +115,7 @@ async def acquire(api: Api, req: Request) -> Response:
     ids = _ids(req)
     api.cp.manager(ids)  # validates the ids before the body is read
     plan = _plan(await req.body(api.body_limit))
-    run = compat.start_run(api.cp, ids, plan)
+    run = api.cp.run(ids, plan)
     await run.acquire()
     return Response.json(
         201,
@@ -132,7 +132,7 @@ async def acquire(api: Api, req: Request) -> Response:
 
 async def renew(api: Api, req: Request) -> Response:
     owner, fence = _lease(req, required=True) or ("", 0)
-    await compat.attach_run(api.cp, _ids(req), owner, fence).renew()
+    await api.cp.attach(_ids(req), owner=owner, fencing_token=fence).renew()
     return NO_CONTENT
 
 
@@ -141,7 +141,7 @@ async def release(api: Api, req: Request) -> Response:
     if outcome not in OUTCOMES:
         raise Problem("invalid_request", "outcome must be completed or failed")
     owner, fence = _lease(req, required=True) or ("", 0)
-    run = compat.attach_run(api.cp, _ids(req), owner, fence)
+    run = api.cp.attach(_ids(req), owner=owner, fencing_token=fence)
     if outcome == "completed":
         await run.complete()
     else:

@@ -23,6 +23,7 @@ from sidecar.errors import (
     CheckpointError,
     CheckpointTimeout,
     CheckpointUnavailable,
+    IntegrityError,
     InvalidIdentifier,
     LeaseHeld,
     LeaseLost,
@@ -99,13 +100,14 @@ def from_error(exc: CheckpointError, *, cooldown_s: float) -> Problem:
     if isinstance(exc, SerializationError):
         return Problem("invalid_body", str(exc))
     if isinstance(exc, LeaseHeld):
-        wait_ms = getattr(exc, "retry_after_ms", None)
-        wait_s = wait_ms / 1000 if isinstance(wait_ms, int | float) and wait_ms > 0 else 1.0
+        wait_s = exc.retry_after_ms / 1000 if exc.retry_after_ms > 0 else 1.0
         return Problem("lease_held", str(exc), headers=retry_after(wait_s))
     if isinstance(exc, LeaseLost):
         return Problem("lease_lost", str(exc))
     if isinstance(exc, CheckpointUnavailable):
         return Problem("unavailable", str(exc), headers=retry_after(cooldown_s))
+    if isinstance(exc, IntegrityError):
+        return Problem("internal_error", f"a stored checkpoint is corrupt: {exc}")
     if isinstance(exc, CheckpointTimeout):
         return Problem("budget_exceeded", f"{exc}; {NOT_CONFIRMED}")
     return Problem("internal_error", f"{type(exc).__name__}: {exc}")

@@ -2,7 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { CheckpointClient, CheckpointError } from '../src/index.js';
-import { startSidecar, uniqueRun } from './sidecar.js';
+import { startSidecar, uniqueRun } from '../test-support/sidecar.js';
 
 let sidecar;
 let client;
