@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.api.http import JSON_TYPE, NO_CONTENT, Request, Response, parse_json
+from sidecar.api.http import BODY_TIMEOUT_S, JSON_TYPE, NO_CONTENT, Request, Response, parse_json
 from sidecar.api.problems import Problem
 from sidecar.checkpointer import Checkpointer
 from sidecar.keys import validate_section
@@ -36,6 +36,7 @@ class Api:
 
     cp: Checkpointer
     openapi: bytes = b"{}"
+    body_timeout_s: float = BODY_TIMEOUT_S  # a body must arrive whole within this
 
     @property
     def body_limit(self) -> int:
@@ -46,11 +47,16 @@ def _ids(req: Request) -> Ids:
     return Ids(req.params["user"], req.params["run"])
 
 
-def _lease(req: Request, *, required: bool) -> tuple[str, int] | None:
-    """``(owner, fence)`` from the Checkpoint-Owner / Checkpoint-Fence headers."""
-    owner, fence = req.header(OWNER_HEADER), req.header(FENCE_HEADER)
-    if owner is None and fence is None and not required:
+def _lease(req: Request) -> tuple[str, int] | None:
+    """``(owner, fence)`` from the Checkpoint-Owner / Checkpoint-Fence headers, None when
+    neither is sent."""
+    if req.header(OWNER_HEADER) is None and req.header(FENCE_HEADER) is None:
         return None
+    return _required_lease(req)
+
+
+def _required_lease(req: Request) -> tuple[str, int]:
+    owner, fence = req.header(OWNER_HEADER), req.header(FENCE_HEADER)
     if owner is None or fence is None:
         raise Problem(
             "invalid_request",
@@ -66,9 +72,9 @@ def _lease(req: Request, *, required: bool) -> tuple[str, int] | None:
 async def save_section(api: Api, req: Request) -> Response:
     section = validate_section(req.params["section"])
     ids = _ids(req)
-    lease = _lease(req, required=False)
+    lease = _lease(req)
     mgr = api.cp.manager(ids)  # validates the ids before the body is read
-    content = parse_json(await req.body(api.body_limit))
+    content = parse_json(await req.body(api.body_limit, api.body_timeout_s))
     if lease is None:
         await mgr.save_section(section, content)
     else:
@@ -114,7 +120,7 @@ def _plan(raw: bytes) -> list[str] | None:
 async def acquire(api: Api, req: Request) -> Response:
     ids = _ids(req)
     api.cp.manager(ids)  # validates the ids before the body is read
-    plan = _plan(await req.body(api.body_limit))
+    plan = _plan(await req.body(api.body_limit, api.body_timeout_s))
     run = api.cp.run(ids, plan)
     await run.acquire()
     return Response.json(
@@ -131,7 +137,7 @@ async def acquire(api: Api, req: Request) -> Response:
 
 
 async def renew(api: Api, req: Request) -> Response:
-    owner, fence = _lease(req, required=True) or ("", 0)
+    owner, fence = _required_lease(req)
     await api.cp.attach(_ids(req), owner=owner, fencing_token=fence).renew()
     return NO_CONTENT
 
@@ -140,7 +146,7 @@ async def release(api: Api, req: Request) -> Response:
     outcome = req.query().get("outcome")
     if outcome not in OUTCOMES:
         raise Problem("invalid_request", "outcome must be completed or failed")
-    owner, fence = _lease(req, required=True) or ("", 0)
+    owner, fence = _required_lease(req)
     run = api.cp.attach(_ids(req), owner=owner, fencing_token=fence)
     if outcome == "completed":
         await run.complete()

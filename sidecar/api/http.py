@@ -8,11 +8,12 @@ passes the limit. Nothing above the limit is ever buffered.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from sidecar.api.problems import Problem
 
@@ -21,6 +22,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 JSON_TYPE = b"application/json"
+BODY_TIMEOUT_S = 10.0
 
 
 class ClientGone(Exception):
@@ -71,13 +73,22 @@ class Request:
         return None if value is None else value.decode("latin-1")
 
     def query(self) -> dict[str, str]:
-        from urllib.parse import parse_qsl
-
         raw: bytes = self.scope.get("query_string", b"")
         return dict(parse_qsl(raw.decode("latin-1"))) if raw else {}
 
-    async def body(self, limit: int) -> bytes:
-        """The whole body, refused with 413 ``section_too_large`` once it passes ``limit``."""
+    async def body(self, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+        """The whole body, refused with 413 ``section_too_large`` once it passes ``limit``, and
+        with 400 ``invalid_body`` when it has not all arrived within ``timeout_s`` (a client
+        that declares more than it sends must not hold a request open forever)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._read(limit)
+        except TimeoutError:
+            raise Problem(
+                "invalid_body", f"the body did not arrive within {timeout_s:g} s (truncated?)"
+            ) from None
+
+    async def _read(self, limit: int) -> bytes:
         declared = self.headers.get(b"content-length")
         if declared is not None:
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -172,3 +174,27 @@ async def test_lease_headers_must_come_together(http: httpx.AsyncClient) -> None
     assert_problem(r, 400, "invalid_request")
     r = await http.put(f"{RUN}/lease")
     assert_problem(r, 400, "invalid_request")
+
+
+async def test_a_body_that_never_finishes_is_refused_not_waited_for(api: ApiServer) -> None:
+    """A client that declares more than it sends gets 400 invalid_body after the body timeout
+    (shortened here), never a request held open forever."""
+
+    async def receive() -> dict[str, object]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "PUT", "path": "/v1/runs/u/r/sections/s",
+        "raw_path": b"/v1/runs/u/r/sections/s", "query_string": b"",
+        "headers": [(b"content-length", b"100")],
+    }  # fmt: skip
+    api.app.api.body_timeout_s = 0.2
+    await api.app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert b'"invalid_body"' in sent[1]["body"]  # type: ignore[operator]
