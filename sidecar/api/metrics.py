@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -51,9 +51,23 @@ class MergedCollector(Collector):
             yield family
 
 
+def in_memory_values() -> None:
+    """Make metric objects created from now on in this process keep their values in memory.
+
+    prometheus_client picks its value class when first imported: file-backed (mmap) when
+    ``PROMETHEUS_MULTIPROC_DIR`` was set then, as it is in a sidecar aggregating agents. The
+    sidecar takes the variable out of its environment and must never write files into the
+    agents' directory (its numbers would be counted twice), so the API's Checkpointer, the
+    only maker of metric objects in the sidecar process, gets in-memory values.
+    """
+    if values.ValueClass is not values.MutexValue:
+        values.ValueClass = values.MutexValue
+
+
 def api_registry(served: CollectorRegistry) -> CollectorRegistry:
     """The registry the API's Checkpointer should use so that ``served`` exposes its metrics
     once (merged with the agents' when ``served`` holds a multiprocess collector)."""
+    in_memory_values()
     collectors = list(getattr(served, "_collector_to_names", {}))
     multiproc = [c for c in collectors if isinstance(c, MultiProcessCollector)]
     if not multiproc:

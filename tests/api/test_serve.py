@@ -5,6 +5,7 @@ traceparent seen by the console exporter of a real sidecar process."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -134,3 +135,33 @@ def _json_objects(text: str) -> list[str]:
             if depth == 0:
                 found.append(text[start : i + 1])
     return found
+
+
+def test_api_runs_are_counted_with_the_agents_in_multiprocess_mode(
+    private_server: EmbeddedServer, sidecar_factory: Factory, tmp_path: Path
+) -> None:
+    """With --multiproc-dir, /metrics merges the agents' files and the API's own metrics into
+    one family per name; the sidecar still writes nothing into the agents' directory."""
+    from server.test_sidecar_multiproc import run_agents
+
+    mp_dir = tmp_path / "multiproc"
+    mp_dir.mkdir()
+    sc = sidecar_factory(
+        *serve_args(private_server.url, "mp", "--multiproc-dir", str(mp_dir))
+    ).wait_serving()
+    run_agents(private_server.url, mp_dir, tmp_path, (2,))
+    with httpx.Client(base_url=api_url(sc)) as client:
+        lease = client.post("/v1/runs/api-user/api-run/lease").json()
+        headers = {
+            "Checkpoint-Owner": lease["owner"],
+            "Checkpoint-Fence": str(lease["fencing_token"]),
+        }
+        r = client.delete("/v1/runs/api-user/api-run/lease?outcome=completed", headers=headers)
+        assert r.status_code == 204
+    samples = sc.samples()
+    assert samples['checkpoint_runs_started_total{mode="fresh"}'] == 3  # 2 agent runs + 1 API run
+    assert samples['checkpoint_runs_finished_total{status="completed"}'] == 3
+    _, body, _ = sc.get("/metrics")
+    assert body.decode().count("# TYPE checkpoint_runs_started_total counter") == 1
+    assert sc.process is not None
+    assert not [p for p in os.listdir(mp_dir) if str(sc.process.pid) in p]
