@@ -8,18 +8,20 @@ builds the run's keys from them), so an id the library refuses is refused here t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.api.http import BODY_TIMEOUT_S, JSON_TYPE, NO_CONTENT, Request, Response, parse_json
 from sidecar.api.problems import Problem
 from sidecar.checkpointer import Checkpointer
 from sidecar.keys import validate_section
+from sidecar.manager import CheckpointManager
 
 OWNER_HEADER = b"checkpoint-owner"
 FENCE_HEADER = b"checkpoint-fence"
 MAX_OWNER_CHARS = 128
 OUTCOMES = ("completed", "failed")
+MANAGER_CACHE = 4096  # runs whose manager is kept between requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +40,23 @@ class Api:
     openapi: bytes = b"{}"
     body_timeout_s: float = BODY_TIMEOUT_S  # a body must arrive whole within this
 
+    _managers: dict[tuple[str, str], CheckpointManager] = field(default_factory=dict)
+
     @property
     def body_limit(self) -> int:
         return self.cp.config.max_section_bytes
+
+    def manager(self, ids: Ids) -> CheckpointManager:
+        """The run's manager, kept for the next request of the same run (building one
+        validates and encodes the ids and hashes the slot: ~20 us, on every request)."""
+        key = (ids.user_id, ids.run_id)
+        found = self._managers.get(key)
+        if found is None:
+            found = self.cp.manager(ids)  # raises InvalidIdentifier: nothing cached
+            if len(self._managers) >= MANAGER_CACHE:
+                del self._managers[next(iter(self._managers))]  # the oldest
+            self._managers[key] = found
+        return found
 
 
 def _ids(req: Request) -> Ids:
@@ -73,7 +89,7 @@ async def save_section(api: Api, req: Request) -> Response:
     section = validate_section(req.params["section"])
     ids = _ids(req)
     lease = _lease(req)
-    mgr = api.cp.manager(ids)  # validates the ids before the body is read
+    mgr = api.manager(ids)  # validates the ids before the body is read
     content = parse_json(await req.body(api.body_limit, api.body_timeout_s))
     if lease is None:
         await mgr.save_section(section, content)
@@ -85,21 +101,21 @@ async def save_section(api: Api, req: Request) -> Response:
 
 async def load_section(api: Api, req: Request) -> Response:
     section = validate_section(req.params["section"])
-    value = await api.cp.manager(_ids(req)).load_section(section)
+    value = await api.manager(_ids(req)).load_section(section)
     if value is None:
         raise Problem("section_not_found", "no checkpoint of this section in this run")
     return Response.json(200, value)
 
 
 async def resume_view(api: Api, req: Request) -> Response:
-    view = await api.cp.manager(_ids(req)).resume_view()
+    view = await api.manager(_ids(req)).resume_view()
     if view is None:
         raise Problem("run_not_found", "this run has no checkpoints (never saved, or expired)")
     return Response(200, view.model_dump_json().encode(), JSON_TYPE)
 
 
 async def cleanup(api: Api, req: Request) -> Response:
-    await api.cp.manager(_ids(req)).cleanup()
+    await api.manager(_ids(req)).cleanup()
     return NO_CONTENT
 
 
@@ -119,7 +135,7 @@ def _plan(raw: bytes) -> list[str] | None:
 
 async def acquire(api: Api, req: Request) -> Response:
     ids = _ids(req)
-    api.cp.manager(ids)  # validates the ids before the body is read
+    api.manager(ids)  # validates the ids before the body is read
     plan = _plan(await req.body(api.body_limit, api.body_timeout_s))
     run = api.cp.run(ids, plan)
     await run.acquire()

@@ -198,3 +198,22 @@ async def test_a_body_that_never_finishes_is_refused_not_waited_for(api: ApiServ
     await api.app(scope, receive, send)
     assert sent[0]["status"] == 400
     assert b'"invalid_body"' in sent[1]["body"]  # type: ignore[operator]
+
+
+async def test_managers_are_kept_per_run_and_bounded(
+    api: ApiServer, http: httpx.AsyncClient
+) -> None:
+    """Requests of one run share a manager; the cache never grows past its bound, and a bad
+    id is refused without being cached."""
+    from sidecar.api import handlers
+
+    state = api.app.api
+    assert (await http.put(f"{RUN}/sections/a", content=b"1")).status_code == 204
+    kept = state.manager(handlers.Ids("user-1", "run-1"))
+    assert (await http.get(f"{RUN}/sections/a")).status_code == 200
+    assert state.manager(handlers.Ids("user-1", "run-1")) is kept
+    assert_problem(await http.get("/v1/runs/" + "u" * 300 + "/r"), 400, "invalid_identifier")
+    assert all(len(user) <= 256 for user, _ in state._managers)
+    for i in range(handlers.MANAGER_CACHE + 10):
+        state.manager(handlers.Ids("u", f"r{i}"))
+    assert len(state._managers) == handlers.MANAGER_CACHE
