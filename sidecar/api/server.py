@@ -109,6 +109,7 @@ class ApiServer:
             log_config=None,
             access_log=False,
             server_header=False,
+            proxy_headers=False,  # nothing here reads the client address: skip that middleware
             timeout_keep_alive=65,  # longer than clients keep idle sockets (Node: 5 s-30 s)
             timeout_graceful_shutdown=2,
         )
