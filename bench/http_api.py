@@ -8,6 +8,8 @@ the same 2 KB section: ``save_section`` and the resume view (sections in complet
 progress, age), first by the library in this process, then by the Node client
 (``bench/http_api_node.mjs``, keep-alive) through the API, alternating rounds so drift hits
 both. The hop is the difference per percentile. Then saves/s from 32 concurrent Node requests.
+For scale, the same Node calls also go to a no-op ASGI app on the same uvicorn + uvloop set-up
+(``--floor-server`` mode of this script): the cost of the HTTP round trip alone on this machine.
 Targets (issue 12): hop ≤ 0.3 ms p50, ≤ 0.4 ms p90, API p99 < 2 ms, ≥ 3,000 saves/s.
 """
 
@@ -90,6 +92,47 @@ def start_sidecar(url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str
     raise SystemExit(f"the sidecar did not start: {out.read_text()[-2000:]}")
 
 
+async def floor_server() -> None:
+    """A no-op ASGI app (204 to everything) on uvicorn + uvloop: the HTTP floor."""
+    import socket
+
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    print(f"api http://127.0.0.1:{sock.getsockname()[1]} (floor)", flush=True)
+    config = uvicorn.Config(
+        app, lifespan="off", log_config=None, access_log=False, proxy_headers=False
+    )
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+def start_floor(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    out = workdir / "floor.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--floor-server"], stdout=sink, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=ROOT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(r"^api (\S+) \(", out.read_text(), re.M)
+        if match:
+            return proc, match.group(1)
+        time.sleep(0.05)
+    stop_process(proc)
+    raise SystemExit(f"the floor server did not start: {out.read_text()[-2000:]}")
+
+
 def node_round(
     node: str, api: str, n: int, content: Any, seconds: float, workdir: Path
 ) -> dict[str, Any]:
@@ -120,11 +163,13 @@ async def main() -> None:
         raise SystemExit("node is not on PATH")
     content = section_content("summary")
     lib: dict[str, list[float]] = {"save": [], "view": []}
+    floor: dict[str, list[float]] = {"save": [], "view": []}
     api: dict[str, list[float]] = {"save": [], "view": []}
     throughput: list[dict[str, Any]] = []
     with bench_server(binary=args.server) as server, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         proc, api_url = start_sidecar(server.url, workdir)
+        floor_proc, floor_url = start_floor(workdir)
         cp = Checkpointer.from_url(
             server.url, config=CheckpointConfig(strict=True), registry=CollectorRegistry()
         )
@@ -146,11 +191,17 @@ async def main() -> None:
                 )
                 api["save"] += result["save_us"]
                 api["view"] += result["view_us"]
+                noop = await asyncio.to_thread(
+                    node_round, node, floor_url, args.iterations, content, 0, workdir
+                )
+                floor["save"] += noop["save_us"]
+                floor["view"] += noop["view_us"]
                 if result["throughput"]:
                     throughput.append(result["throughput"])
         finally:
             await cp.aclose()
             stop_process(proc)
+            stop_process(floor_proc)
     figures: dict[str, Any] = {
         "machine": machine(),
         "iterations": args.iterations,
@@ -158,15 +209,22 @@ async def main() -> None:
     }
     rows = []
     for verb, label in (("save", "save_section"), ("view", "resume view")):
-        lp, ap = pcts(lib[verb]), pcts(api[verb])
+        lp, ap, fp = pcts(lib[verb]), pcts(api[verb]), pcts(floor[verb])
         hop = {k: ap[k] - lp[k] for k in lp}
-        figures[verb] = {"library": lp, "api": ap, "hop": hop, "n": len(api[verb])}
+        figures[verb] = {
+            "library": lp,
+            "api": ap,
+            "hop": hop,
+            "http_floor": fp,
+            "n": len(api[verb]),
+        }
         rows.append(
             [
                 label,
                 *(f"{lp[k] * 1000:.0f} → {ap[k] * 1000:.0f} µs (+{hop[k] * 1000:.0f})" for k in lp),
             ]
         )
+        rows.append([f"  no-op app, {label} shape", *(f"{fp[k] * 1000:.0f} µs" for k in fp)])
     console.print(
         table(
             "HTTP API hop: library in-process → Node through the API (keep-alive)",
@@ -191,4 +249,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--floor-server" in sys.argv:
+        import uvloop
+
+        uvloop.run(floor_server())
+    else:
+        asyncio.run(main())
