@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test test-redis7 check lint typecheck test-tools install-demo install-dev bench dashboards clean
+.PHONY: demo test test-redis7 check lint typecheck test-tools install-demo install-dev bench dashboards clean \
+	check-deploy check-install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +38,33 @@ test-tools:
 	fi
 
 ## The whole test suite against private servers the fixtures start themselves.
+## (tests/install runs checkov when `make check-deploy` has installed it.)
 test: install-dev test-tools
-	$(BIN)/python -m pytest -q
+	$(if $(wildcard $(CHECKOV)),CHECKOV=$(abspath $(CHECKOV)) )$(BIN)/python -m pytest -q
+
+## Tools with their own virtualenvs, so they cannot disturb the test venv's packages.
+TOOLS ?= .tools
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+CRDS_PY := $(TOOLS)/crds/bin/python
+$(CHECKOV):
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/python -m pip install --quiet --disable-pip-version-check checkov==3.3.30
+## The Prometheus Operator's CRD schemas (as pydantic models) for PodMonitor/PrometheusRule.
+$(CRDS_PY):
+	$(PYTHON) -m venv $(TOOLS)/crds
+	$(CRDS_PY) -m pip install --quiet --disable-pip-version-check \
+	  cloudcoil-models-prometheus-operator==0.80.1.0 jsonschema PyYAML
+
+## deploy/ and the Dockerfile: hadolint, Kubernetes 1.29 + newest schemas, the restricted Pod
+## Security Standard, checkov (zero findings), the operator's CRD schemas.
+check-deploy: install-dev $(CHECKOV) $(CRDS_PY)
+	$(BIN)/hadolint Dockerfile
+	$(CRDS_PY) tests/install/validate_crds.py --self-test
+	CHECKOV=$(abspath $(CHECKOV)) $(BIN)/python -m pytest -q tests/install
+
+## Every CLI command works with exactly the extras the README names (fresh virtualenvs).
+check-install: install-dev
+	$(BIN)/python tests/install/check_extras.py
 
 ## The core library suite once more against Debian's Redis 7 (a second real server).
 test-redis7: install-dev test-tools
@@ -58,9 +84,12 @@ bench: install-dev
 	$(BIN)/python bench/compare_naive.py
 	$(BIN)/python bench/throughput.py
 
+## The committed files are drawn for the library's default budget, whatever the shell exports.
 dashboards: install-dev
-	$(BIN)/checkpoint-sidecar dashboards --out dashboards/
-	$(BIN)/checkpoint-sidecar alerts --out alerts/checkpoint-rules.yml
+	env -u SIDECAR_BUDGET_MS $(BIN)/checkpoint-sidecar dashboards --out dashboards/
+	env -u SIDECAR_BUDGET_MS $(BIN)/checkpoint-sidecar alerts --out alerts/checkpoint-rules.yml
+	env -u SIDECAR_BUDGET_MS $(BIN)/checkpoint-sidecar alerts --format prometheusrule \
+	  --out deploy/prometheus-operator/prometheusrule.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

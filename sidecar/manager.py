@@ -10,27 +10,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sidecar.core.verbs import Verbs, scope_for
+from sidecar.core.shell import ManagerBase
 from sidecar.models import ContextLike, Progress, ResumeView
 
 if TYPE_CHECKING:
     from sidecar.checkpointer import Checkpointer
 
 
-class CheckpointManager:
+class CheckpointManager(ManagerBase):
     """Checkpoints of one user execution context. Cheap to create; safe to share across tasks."""
 
     def __init__(self, checkpointer: Checkpointer, ctx: ContextLike) -> None:
-        self._cp = checkpointer
-        scope = scope_for(checkpointer.config, ctx, checkpointer.store.slot)
-        self.verbs = Verbs(scope, checkpointer.config, checkpointer.calls)
-        self.keys = scope.keys
-        self.user_id, self.run_id = scope.ids
-        self.slot = scope.slot  # its shard's breaker, on a cluster
-
-    @property
-    def checkpointer(self) -> Checkpointer:
-        return self._cp
+        super().__init__(checkpointer, ctx)
+        self.checkpointer = checkpointer
 
     async def save_section(self, section: str, content: Any) -> bool:
         """Store one finished section atomically with the progress update and TTL refresh.
@@ -38,37 +30,33 @@ class CheckpointManager:
         True when Redis confirmed the write. False (best-effort mode) means "not confirmed":
         the write may still land; saves are idempotent, so that is harmless.
         """
-        verbs = self.verbs
-        name = verbs.section("save_section", section)
-        op = verbs.save_section(name, verbs.payload("save_section", name, content))
-        return await self._cp.perform(op)
+        return await self.checkpointer.perform(self.save_op(section, content))
 
     async def load_section(self, section: str, model: Any = None) -> Any:
         """The stored JSON value of ``section`` (or a ``model`` instance); None when absent."""
-        name = self.verbs.section("load_section", section)
-        return await self._cp.perform(self.verbs.load_section(name, model))
+        return await self.checkpointer.perform(self.load_op(section, model))
 
     async def load_all_sections(self, model: Any = None) -> dict[str, Any]:
         """Every stored section, in completion order (one EVALSHA)."""
-        return await self._cp.perform(self.verbs.load_all_sections(model))
+        return await self.checkpointer.perform(self.verbs.load_all_sections(model))
 
     async def get_progress(self) -> Progress:
         """The seed's progress shape (one HGETALL)."""
-        return await self._cp.perform(self.verbs.get_progress())
+        return await self.checkpointer.perform(self.verbs.get_progress())
 
     async def has_checkpoints(self) -> bool:
         """True when at least one section is stored (one EXISTS)."""
-        return await self._cp.perform(self.verbs.has_checkpoints())
+        return await self.checkpointer.perform(self.verbs.has_checkpoints())
 
     async def get_checkpoint_age(self) -> float | None:
         """Seconds since the last save, by the Redis server's clock; None without checkpoints."""
-        return await self._cp.perform(self.verbs.get_checkpoint_age())
+        return await self.checkpointer.perform(self.verbs.get_checkpoint_age())
 
     async def cleanup(self) -> bool:
         """Delete every key of the run (one UNLINK). True when Redis confirmed."""
-        return await self._cp.perform(self.verbs.cleanup())
+        return await self.checkpointer.perform(self.verbs.cleanup())
 
     async def resume_view(self, model: Any = None) -> ResumeView | None:
         """Sections (completion order), progress and age in one call; None when nothing is
         stored for the run."""
-        return await self._cp.perform(self.verbs.resume_view(model))
+        return await self.checkpointer.perform(self.verbs.resume_view(model))

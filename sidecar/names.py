@@ -13,7 +13,8 @@ from typing import Final
 OPERATION_DURATION: Final = "checkpoint_operation_duration_seconds"
 BUDGET_EXCEEDED: Final = "checkpoint_budget_exceeded_total"
 BUDGET_SECONDS: Final = "checkpoint_budget_seconds"
-SECTION_BYTES: Final = "checkpoint_section_bytes"
+SECTION_BYTES: Final = "checkpoint_section_bytes"  # serialized (logical) size
+SECTION_STORED_BYTES: Final = "checkpoint_section_stored_bytes"  # as stored: sealed, compressed
 RUNS_STARTED: Final = "checkpoint_runs_started_total"
 RUNS_FINISHED: Final = "checkpoint_runs_finished_total"
 SECTIONS: Final = "checkpoint_sections_total"
@@ -21,7 +22,9 @@ CIRCUIT_OPEN: Final = "checkpoint_circuit_open"
 # Written by the sidecar's expiry watcher.
 TTL_EXPIRIES: Final = "checkpoint_ttl_expiries_total"
 LEASE_EXPIRIES: Final = "checkpoint_lease_expiries_total"
+RUN_EVICTIONS: Final = "checkpoint_run_evictions_total"
 WATCHER_UP: Final = "sidecar_expiry_watcher_up"
+WATCHER_COUNTING: Final = "sidecar_expiry_watcher_counting"
 WATCHER_RECONNECTS: Final = "sidecar_expiry_watcher_reconnects_total"
 REDIS_UP: Final = "sidecar_redis_up"
 
@@ -41,6 +44,19 @@ OPERATIONS: Final = (
     "mark_in_progress",
     "resume_view",
 )
+# operation: the LangGraph saver's methods (sidecar.langgraph), one label value each.
+LANGGRAPH_OPERATIONS: Final = (
+    "lg_put",
+    "lg_put_writes",
+    "lg_get_tuple",
+    "lg_list",
+    "lg_delete_thread",
+    "lg_delete_for_runs",
+    "lg_copy_thread",
+    "lg_prune",
+)
+# every operation label value the library records.
+ALL_OPERATIONS: Final = OPERATIONS + LANGGRAPH_OPERATIONS
 # outcome of one operation.
 OK: Final = "ok"  # Redis answered within the budget
 ERROR: Final = "error"  # Redis unreachable or refused the command

@@ -11,7 +11,7 @@ Leaving the block normally deletes every key of the run (cleanup after success);
 an exception keeps the checkpoints for the next attempt and re-raises that exception, never
 another one. Either way the lease is released, through owner-checked scripts only. The lease
 carries a fencing token that only grows; saves of an attempt whose lease was taken over, or
-whose run was finished, are refused atomically with :class:`LeaseLost`.
+whose run was completed since, are refused atomically with :class:`LeaseLost`.
 
 When the acquire cannot reach Redis (best-effort mode), the block still runs: the run is
 *unconfirmed*, retries the acquire before each step, and saves nothing until it holds the
@@ -30,61 +30,39 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from sidecar.core.ops import Op
-from sidecar.core.runstate import RunState, RunView
-from sidecar.errors import (
-    CheckpointRefused,
-    CheckpointTimeout,
-    CheckpointUnavailable,
-    CircuitOpen,
-    LeaseLost,
-)
-from sidecar.keys import validate_section
+from sidecar.core.runstate import OUTAGES, may_have_landed
+from sidecar.core.shell import RunBase
+from sidecar.errors import CheckpointError
 from sidecar.manager import CheckpointManager
-from sidecar.models import CheckpointEvent
+
+if TYPE_CHECKING:
+    from sidecar.checkpointer import Checkpointer
 
 logger = logging.getLogger("sidecar")
 Produce = Callable[[], Any]
-_OUTAGES = (CheckpointTimeout, CheckpointUnavailable)
 
 
-class ResumableRun(RunView):
+class ResumableRun(RunBase[CheckpointManager]):
     """An attempt at one run: ``async with`` it, call :meth:`step` per section."""
 
-    def __init__(
-        self,
-        manager: CheckpointManager,
-        plan: Sequence[str] | None = None,
-        *,
-        owner: str | None = None,
-        fencing_token: int = 0,
-    ) -> None:
-        self.manager = manager
-        self._cp = manager.checkpointer
-        self._state = RunState(
-            manager.verbs, self._cp.telemetry.metrics, list(plan) if plan else None,
-            owner=owner, fencing_token=fencing_token,
-        )  # fmt: skip
-        self._renewer: asyncio.Task[None] | None = None
+    _renewer: asyncio.Task[None] | None = None
 
-    # --- lifecycle ---------------------------------------------------------------------------
+    @property
+    def _cp(self) -> Checkpointer:
+        return self.manager.checkpointer
 
     async def __aenter__(self) -> Self:
         started = time.perf_counter()
-        strict = self._cp.config.strict
+        error: CheckpointError | None = None
         try:
-            await self._acquire(release_on_outage=strict)
-        except _OUTAGES as error:
-            if strict:
-                raise
-            # it may have landed: then the lease is ours without our knowing; the next step's
-            # acquire confirms it (same owner), and leaving the block releases it either way
-            logger.warning("run starts unconfirmed (nothing restored yet): %s", error)
-        self._state.started()
+            await self._acquire(release_on_outage=self._cp.config.strict)
+        except OUTAGES as outage:
+            error = outage
+        self.entered(error, self._cp.config.strict)
         self._after_acquire(started)
         return self
 
@@ -95,18 +73,15 @@ class ResumableRun(RunView):
         await self._stop_renewing()
         if exc is not None:
             self._state.finished(False)
-            await self._release()  # never replaces the exception: logged and counted
+            await self._cp.execute_op(self._state.release())  # never replaces the exception
             return
         try:
-            if self._state.lost:
-                raise LeaseLost("another attempt took this run over; it did not complete here")
-            await self._finish()
+            self._state.leaving()
+            await self._cp.perform(self._state.finish())
         except BaseException:
             self._state.finished(False)
             raise
         self._state.finished(True)
-
-    # --- steps -------------------------------------------------------------------------------
 
     async def step(self, section: str, produce: Produce, *, model: Any = None) -> Any:
         """The section's checkpointed content if present, else ``produce()`` saved and returned.
@@ -114,29 +89,17 @@ class ResumableRun(RunView):
         ``produce`` may be a coroutine function or a plain callable. ``model`` validates
         restored content into a type (a pydantic model, say) so both paths return the same kind.
         """
-        name = validate_section(section)
-        state = self._state
-        found, value = state.take_restored(name, model)
-        if found:
+        name, done, value = self._state.begin_step(section, model)
+        if not done:
+            await self._prepare(name)
+            done, value = self._state.take_restored(name, model)  # the acquire may restore it
+        if done:
             return value
-        if name in state.report:  # produced earlier in this attempt: never pay twice
-            return state.report[name]
-        if state.lost:
-            raise LeaseLost("this attempt's lease was taken over; it may not produce sections")
-        if not state.confirmed:
-            await self._retry_acquire()
-            found, value = state.take_restored(name, model)
-            if found:
-                return value
-        elif state.needs_mark(name):
-            await self._cp.execute_op(state.mark(name))  # LeaseLost raises; outages don't matter
-        result = produce()
-        if inspect.isawaitable(result):
-            result = await result
-        if state.confirmed:
-            await self._cp.perform(state.save(name, result))
-        state.produced(name, result)
-        return result
+        value = produce()
+        if inspect.isawaitable(value):
+            value = await value
+        await self._keep(name, value)
+        return value
 
     # --- the pieces, for servers that hold a lease across requests ---------------------------
 
@@ -148,75 +111,57 @@ class ResumableRun(RunView):
         Restored sections are counted here (the caller uses them).
         """
         await self._acquire(release_on_outage=True)
-        self._state.started()
-        for name in self._state.restored:
-            self._state.take_restored(name)
+        self._state.acquired_by_api()
 
     async def save(self, section: str, content: Any) -> bool:
         """Save a produced section under this attempt's lease (fenced); raises LeaseLost."""
-        name = validate_section(section)
-        ok = await self._cp.perform(self._state.save(name, content))
-        if ok:
-            self._state.produced(name, content)
-        return ok
+        return bool(await self._keep(self._state.begin_step(section)[0], content))
 
     async def renew(self) -> None:
         """Extend the lease; raises :class:`LeaseLost` when the run is not ours any more."""
-        if not await self._checked(self._state.renew()):
-            raise LeaseLost("lease renewal refused: the run is not this attempt's any more")
+        self._state.check_renewed(await self._cp.execute_op(self._state.renew()))
 
     async def complete(self) -> None:
         """Cleanup after success (fenced): every key of the run is deleted."""
-        await self._finish()
+        await self._cp.perform(self._state.finish())
         self._state.finished(True)
 
     async def fail(self) -> None:
         """Give the lease back and keep the checkpoints for the next attempt."""
         self._state.finished(False)
-        if not await self._checked(self._state.release()):
-            raise LeaseLost("release refused: the lease is not this attempt's")
+        self._state.check_released(await self._cp.execute_op(self._state.release()))
 
     # --- internals ---------------------------------------------------------------------------
 
-    async def _checked(self, op: Op[bool]) -> bool:
-        """The op's answer; on an outage True in best-effort mode (nothing was refused), the
-        error in strict mode."""
-        answer, error = await self._cp.execute_op(op)
-        if error is not None:
-            if self._cp.config.strict:
-                raise error
-            return True
-        return bool(answer)
+    async def _prepare(self, name: str) -> None:
+        """Before producing: an unconfirmed run tries the acquire again (LeaseHeld if another
+        attempt has the run); a step that needs it marks the section (LeaseLost if fenced)."""
+        started = time.perf_counter()
+        for op in self._state.preflight(name):
+            with contextlib.suppress(*OUTAGES):
+                await self._cp.perform(op)
+        self._after_acquire(started)
+
+    async def _keep(self, name: str, value: Any) -> bool | None:
+        """Save a produced section (a confirmed run only) and count it."""
+        saved = await self._cp.perform(self._state.save(name, value)) if self.confirmed else None
+        self._state.produced(name, value)
+        return saved
 
     async def _acquire(self, *, release_on_outage: bool) -> None:
         try:
             await self._cp.perform(self._state.acquire())
-        except _OUTAGES as error:
-            if release_on_outage and not isinstance(error, CheckpointRefused | CircuitOpen):
-                await self._release()  # it may have landed: give it back (owner-checked)
+        except OUTAGES as error:
+            if release_on_outage and may_have_landed(error):
+                await self._cp.execute_op(self._state.release())
             raise
         except asyncio.CancelledError:
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._release())
+                await asyncio.shield(self._cp.execute_op(self._state.release()))
             raise
 
-    async def _retry_acquire(self) -> None:
-        """An unconfirmed run tries again before a step; LeaseHeld if another attempt has it."""
-        started = time.perf_counter()
-        with contextlib.suppress(*_OUTAGES):
-            await self._acquire(release_on_outage=False)
-            self._after_acquire(started)
-
     def _after_acquire(self, started: float) -> None:
-        state = self._state
-        if not state.confirmed:
-            return
-        if state.resumed:
-            mgr = self.manager
-            self._cp.emit(CheckpointEvent(
-                "resumed", mgr.user_id, mgr.run_id, None, time.perf_counter() - started
-            ))  # fmt: skip
-        if self._renewer is None:
+        if self.confirmed_now(started) and self._renewer is None:
             self._renewer = asyncio.create_task(self._renew_forever())
 
     async def _stop_renewing(self) -> None:
@@ -230,13 +175,4 @@ class ResumableRun(RunView):
         interval = self._cp.config.lease_ttl_seconds / 3
         while not self._state.lost:
             await asyncio.sleep(interval)
-            renewed, error = await self._cp.execute_op(self._state.renew())
-            if error is None and not renewed:
-                logger.warning("lease of a run was lost: another attempt took it or it ended")
-
-    async def _release(self) -> None:
-        """Owner-checked release; failures are logged and counted (execute), never raised."""
-        await self._cp.execute_op(self._state.release())
-
-    async def _finish(self) -> None:
-        await self._cp.perform(self._state.finish())
+            self._state.renewed_in_background(await self._cp.execute_op(self._state.renew()))

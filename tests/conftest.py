@@ -34,8 +34,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
+from sync_facade import AsyncFacade
 
-from sidecar import CheckpointConfig, Checkpointer
+from sidecar import CheckpointConfig, Checkpointer, SyncCheckpointer
 from sidecar.server.embedded import EmbeddedServer, find_server_binary
 from sidecar.store import close_client
 
@@ -43,6 +44,7 @@ from sidecar.store import close_client
 pytest_plugins = ["socket_leaks", "pytester"]
 
 BACKENDS = ("standalone", "cluster")
+APIS = ("async", "sync")
 CORE_DIR = Path(__file__).parent
 
 
@@ -53,6 +55,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "backends(*names): the backends a test outside the core suite runs on"
+    )
+    config.addinivalue_line(
+        "markers", "async_only(reason): uses the async API's internals; no sync variant"
     )
 
 
@@ -70,11 +75,21 @@ def backends_for(definition: pytest.Function | Any) -> list[str]:
     return [b for b in wanted if b in allowed] or wanted[:1]
 
 
+def apis_for(definition: pytest.Function | Any) -> list[str]:
+    """The APIs a test of the ``cp`` fixture runs against: both, unless marked async_only."""
+    if definition.get_closest_marker("async_only") is not None:
+        return ["async"]
+    allowed = os.environ.get("SIDECAR_TEST_APIS", ",".join(APIS)).split(",")
+    return [a for a in APIS if a in allowed] or ["async"]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize(
             "backend", backends_for(metafunc.definition), indirect=True, scope="session"
         )
+    if "api" in metafunc.fixturenames:
+        metafunc.parametrize("api", apis_for(metafunc.definition), indirect=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -177,12 +192,30 @@ def config() -> CheckpointConfig:
 
 
 @pytest.fixture
+def api(request: pytest.FixtureRequest) -> str:
+    """``async`` or ``sync``: which API the ``cp`` fixture is (see :func:`apis_for`)."""
+    return str(getattr(request, "param", "async"))
+
+
+@pytest.fixture
 async def cp(
     redis_client: aioredis.Redis,
+    redis_url: str,
+    api: str,
     config: CheckpointConfig,
     registry: CollectorRegistry,
     tracer_provider: TracerProvider,
 ) -> AsyncIterator[Checkpointer]:
+    """A Checkpointer, or a SyncCheckpointer behind the async API's shape (the same tests run
+    against both: :mod:`sync_facade`), on the flushed session server or cluster."""
+    if api == "sync":
+        sync = SyncCheckpointer.from_url(
+            redis_url, config=config, registry=registry, tracer_provider=tracer_provider
+        )
+        facade = AsyncFacade(sync)
+        yield facade  # type: ignore[misc]
+        await facade.aclose()
+        return
     async with Checkpointer(
         redis_client, config, registry=registry, tracer_provider=tracer_provider
     ) as checkpointer:

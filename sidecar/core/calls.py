@@ -2,17 +2,14 @@
 
 A shell does::
 
-    call = recorder.begin(operation, db_operation, ids=..., slot=...)
-    if call.skipped is not None:            # circuit open: no network at all
-        ... the outage is call.skipped
-    try:
-        result = <send the command, bounded by the budget>
-    except BaseException as exc:
-        error = call.failed(exc)             # outage → returned; anything else re-raised
-    else:
-        call.succeeded(result)
+    call = recorder.begin_op(op)            # span, breaker; circuit open: call.error is set
+    if call.error is None:
+        with call:                           # the span is current; the outcome is recorded
+            call.reply(<send op.command, bounded by the budget>)   # parsed into call.result
+    return call.result, call.error
 
-and nothing else. Outcomes:
+and nothing else: leaving the ``with``, an outage becomes ``call.error`` (for the caller to
+raise or turn into "nothing"); anything else propagates after it is recorded. Outcomes:
 
 =========  ====================================================  =================
 outcome    what happened                                          breaker
@@ -38,11 +35,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from sidecar import names
 from sidecar.budget import CircuitBreaker
 from sidecar.config import CheckpointConfig
+from sidecar.core.ops import Op
 from sidecar.errors import (
     CheckpointError,
     CheckpointRefused,
@@ -65,46 +65,61 @@ class Call:
     """One call in flight: its span, its breaker, and when it started."""
 
     __slots__ = (
-        "_allowed", "_attrs", "_breaker", "_nbytes", "_op", "_rec", "_span", "_start", "skipped",
+        "_allowed", "_attrs", "_breaker", "_measure", "_nbytes", "_op", "_parse", "_rec",
+        "_span", "_start", "_token", "error", "result",
     )  # fmt: skip
 
     def __init__(
         self,
         recorder: CallRecorder,
-        operation: str,
+        op: Op[Any],
         span: Span,
         attrs: SpanAttributes | None,
         breaker: CircuitBreaker,
-        nbytes: int | None,
     ) -> None:
         self._rec = recorder
-        self._op = operation
+        self._op = op.operation
+        self._parse = op.parse
+        self._measure = op.measure
         self._span = span
         self._attrs = attrs
         self._breaker = breaker
-        self._nbytes = nbytes
+        self._nbytes = op.nbytes
+        self._token: object = None
+        self.result: Any = None
+        self.error: CheckpointError | None = None
         with recorder.lock:
             self._allowed = breaker.allow()
-        self.skipped: CheckpointUnavailable | None = None
         if self._allowed is False:
-            self.skipped = CircuitOpen(f"{operation}: circuit open after repeated failures")
-            recorder.telemetry.finish(span, operation, names.SKIPPED, 0.0, nbytes, None, attrs)
+            self.error = CircuitOpen(f"{self._op}: circuit open after repeated failures")
+            recorder.telemetry.finish(span, self._op, names.SKIPPED, 0.0, self._nbytes, None, attrs)
         self._start = time.perf_counter()
 
-    @property
-    def span(self) -> Span:
-        return self._span
+    def reply(self, raw: Any) -> None:
+        """The command's reply: measured, then parsed (a parser's error propagates)."""
+        if self._measure is not None:
+            self._nbytes = self._measure(raw)
+        self.result = self._parse(raw)
 
-    def succeeded(self, result: Any, measure: Callable[[Any], int | None] | None = None) -> None:
-        with self._rec.lock:
-            self._breaker.success()
-        self._rec.outage_logged = False
-        nbytes = measure(result) if measure is not None else self._nbytes
-        self._finish(names.OK, nbytes, None)
+    def __enter__(self) -> Call:
+        # the span is current during the call (what trace.use_span does, without its
+        # generator: this path runs on every checkpoint)
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self
 
-    def failed(self, exc: BaseException) -> CheckpointError:
-        """Record a failed call. Returns the outage (timeout, unreachable, refused) for the
-        caller to raise or turn into "nothing"; re-raises anything else after recording it."""
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        otel_context.detach(self._token)  # type: ignore[arg-type]
+        if exc is None:
+            with self._rec.lock:
+                self._breaker.success()
+            self._rec.outage_logged = False
+            self._finish(names.OK, None)
+            return False
+        self.error = self._failed(exc)
+        return self.error is not None  # an outage is returned, anything else propagates
+
+    def _failed(self, exc: BaseException) -> CheckpointError | None:
+        """Record a failed call; the outage (timeout, unreachable, refused), or None."""
         if isinstance(exc, TimeoutError):
             budget = self._rec.config.budget_ms
             exc = CheckpointTimeout(f"{self._op}: no answer within the {budget:g} ms budget")
@@ -116,30 +131,28 @@ class Call:
             with self._rec.lock:
                 self._breaker.failure(probe=self._allowed is None)
             self._rec.log_outage(exc)
-            outcome = names.TIMEOUT if isinstance(exc, CheckpointTimeout) else names.ERROR
-            self._finish(outcome, self._nbytes, exc)
+            self._finish(names.TIMEOUT if isinstance(exc, CheckpointTimeout) else names.ERROR, exc)
             return exc
         if isinstance(exc, SerializationError | IntegrityError):
             self._answered(names.CORRUPT, exc)
-            raise exc
-        if isinstance(exc, CheckpointError):  # lease conflicts: not an outage, always raised
+        elif isinstance(exc, CheckpointError):  # lease conflicts: not an outage, always raised
             self._answered(names.REJECTED, exc)
-            raise exc
-        if self._allowed is None:  # a cancelled probe: let the next call probe instead
-            with self._rec.lock:
-                self._breaker.abandon_probe()
-        self._finish(names.ERROR, self._nbytes, None)
-        raise exc
+        else:
+            if self._allowed is None:  # a cancelled probe: let the next call probe instead
+                with self._rec.lock:
+                    self._breaker.abandon_probe()
+            self._finish(names.ERROR, None)
+        return None
 
     def _answered(self, outcome: str, exc: CheckpointError) -> None:
         with self._rec.lock:
             self._breaker.success()
-        self._finish(outcome, self._nbytes, exc)
+        self._finish(outcome, exc)
 
-    def _finish(self, outcome: str, nbytes: int | None, error: BaseException | None) -> None:
+    def _finish(self, outcome: str, error: BaseException | None) -> None:
         duration = time.perf_counter() - self._start
         self._rec.telemetry.finish(
-            self._span, self._op, outcome, duration, nbytes, error, self._attrs
+            self._span, self._op, outcome, duration, self._nbytes, error, self._attrs
         )
 
 
@@ -171,23 +184,17 @@ class CallRecorder:
         self.breaker = self._new_breaker("")
         self.outage_logged = False
 
-    def begin(
-        self,
-        operation: str,
-        db_operation: str,
-        *,
-        ids: tuple[str, str],
-        slot: int | None = None,
-        section: str | None = None,
-        nbytes: int | None = None,
-    ) -> Call:
+    def begin_op(self, op: Op[Any]) -> Call:
+        """Start one call of ``op``: its span, and its shard's breaker (see :class:`Call`)."""
         tele = self.telemetry
-        span = tele.start_span(operation)
+        span = tele.start_span(op.operation)
         attrs = (
-            tele.describe(operation, db_operation, section, ids) if span.is_recording() else None
+            tele.describe(op.operation, op.command.db_operation, op.section, op.ids)
+            if span.is_recording()
+            else None
         )
-        breaker = self.breaker if slot is None else self.breaker_for(slot)
-        return Call(self, operation, span, attrs, breaker, nbytes)
+        breaker = self.breaker if op.slot is None else self.breaker_for(op.slot)
+        return Call(self, op, span, attrs, breaker)
 
     def reject(self, operation: str, error: CheckpointError, section: str | None = None) -> None:
         """Record a caller mistake (outcome ``rejected``); the caller then raises it."""

@@ -32,11 +32,29 @@ from typing import Any
 from sidecar import codec, lua
 from sidecar.core.ops import Op, script_call
 from sidecar.core.verbs import Verbs, flat_pairs, text
-from sidecar.errors import CheckpointError, LeaseHeld, LeaseLost
+from sidecar.errors import (
+    CheckpointError,
+    CheckpointRefused,
+    CheckpointTimeout,
+    CheckpointUnavailable,
+    CircuitOpen,
+    LeaseHeld,
+    LeaseLost,
+)
 from sidecar.keys import validate_section
 from sidecar.telemetry import Metrics
 
 logger = logging.getLogger("sidecar")
+OUTAGES = (CheckpointTimeout, CheckpointUnavailable)
+Answer = tuple[bool | None, CheckpointError | None]
+"""What ``execute_op`` returns for a lease op: (answer, None) or (None, outage)."""
+
+
+def may_have_landed(error: CheckpointError) -> bool:
+    """Whether a failed command may still have run: not when Redis refused it, nor when the
+    open circuit kept it from being sent."""
+    return not isinstance(error, CheckpointRefused | CircuitOpen)
+
 
 _REFUSED = {
     "held": "another attempt holds the run's lease",
@@ -71,6 +89,7 @@ class RunState:
         self.restored_used = 0
         self.success = False
         self.marked = ""  # the section Redis has as in progress for this attempt
+        self.just_confirmed = False  # an acquire succeeded; the shell has not reacted yet
         self._clock = clock
         self._lease_until = 0.0  # until when the lease is surely ours (monotonic clock)
 
@@ -102,6 +121,7 @@ class RunState:
                 )
             self.fencing_token = int(text(reply[1]))
             self.confirmed = True
+            self.just_confirmed = True
             self._lease_confirmed()
             self.lost = False
             self.restored = self._decode_restored(flat_pairs(reply[2]))
@@ -147,6 +167,38 @@ class RunState:
     def _lease_confirmed(self) -> None:
         cfg = self.verbs.config
         self._lease_until = self._clock() + cfg.lease_ttl_seconds - cfg.budget_seconds
+
+    def _answer(self, answer: Answer) -> bool:
+        """A lease op's answer; on an outage True in best-effort mode (nothing was refused),
+        the error in strict mode."""
+        result, error = answer
+        if error is not None:
+            if self.verbs.config.strict:
+                raise error
+            return True
+        return bool(result)
+
+    def check_renewed(self, answer: Answer) -> None:
+        if not self._answer(answer):
+            raise LeaseLost("lease renewal refused: the run is not this attempt's any more")
+
+    def check_released(self, answer: Answer) -> None:
+        if not self._answer(answer):
+            raise LeaseLost("release refused: the lease is not this attempt's")
+
+    def renewed_in_background(self, answer: Answer) -> None:
+        """The renewal loop's answer: a lost lease is logged (the next step raises)."""
+        renewed, error = answer
+        if error is None and not renewed:
+            logger.warning("lease of a run was lost: another attempt took it or it ended")
+
+    def preflight(self, name: str) -> list[Op[Any]]:
+        """What to send before producing ``name`` (none, or one op): the acquire of an
+        unconfirmed run (LeaseHeld if another attempt has the run), or the marker of a step
+        that needs one (LeaseLost if fenced). Their outages do not stop the step."""
+        if not self.confirmed:
+            return [self.acquire()]
+        return [self.mark(name)] if self.needs_mark(name) else []
 
     def needs_mark(self, name: str) -> bool:
         """Whether producing ``name`` needs its own marker call: a step out of plan order, or
@@ -212,6 +264,20 @@ class RunState:
 
     # --- bookkeeping -------------------------------------------------------------------------
 
+    def begin_step(self, section: str, model: Any = None) -> tuple[str, bool, Any]:
+        """(name, True, value) when the step needs no producing: restored, or produced earlier
+        in this attempt (never paid twice); (name, False, None) when it does. Raises
+        :class:`LeaseLost` for an attempt that lost its run."""
+        name = validate_section(section)
+        found, value = self.take_restored(name, model)
+        if found:
+            return name, True, value
+        if name in self.report:
+            return name, True, self.report[name]
+        if self.lost:
+            raise LeaseLost("this attempt's lease was taken over; it may not produce sections")
+        return name, False, None
+
     def take_restored(self, name: str, model: Any = None) -> tuple[bool, Any]:
         """(True, value) when ``name`` was restored (counted once), else (False, None)."""
         if name not in self.restored:
@@ -231,6 +297,17 @@ class RunState:
 
     def started(self) -> None:
         self.metrics.runs_started.labels("resumed" if self.resumed else "fresh").inc()
+
+    def acquired_by_api(self) -> None:
+        """A run acquired by :meth:`acquire` (a server): started, its restored sections used."""
+        self.started()
+        for name in self.restored:
+            self.take_restored(name)
+
+    def leaving(self) -> None:
+        """Before the cleanup of a block left normally: an attempt that lost its run fails."""
+        if self.lost:
+            raise LeaseLost("another attempt took this run over; it did not complete here")
 
     def finished(self, completed: bool) -> None:
         self.success = completed

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from sidecar.server.argtypes import bounded, port
+from sidecar.server.settings import budget_help, library_config
 
 DEFAULT_RUNS = 40
 DEFAULT_CONCURRENCY = 8
@@ -44,13 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", metavar="URL", default=os.environ.get("SIDECAR_REDIS_URL"),
                         help="use this Redis instead of the embedded one "
                         "(env SIDECAR_REDIS_URL)")  # fmt: skip
-    parser.add_argument("--metrics-port", type=port, default=DEFAULT_PORT, metavar="PORT",
-                        help=f"port of /metrics on 127.0.0.1 (default {DEFAULT_PORT}; 0 = any "
-                        "free port; a taken port falls back to a free one)")  # fmt: skip
+    parser.add_argument("--port", "--metrics-port", dest="port", type=port,
+                        default=DEFAULT_PORT, metavar="PORT",
+                        help=f"port of /metrics on 127.0.0.1, as `serve --port` (default "
+                        f"{DEFAULT_PORT}; 0 = any free port; a taken port falls back to a free "
+                        "one)")  # fmt: skip
     parser.add_argument("--abandon-ttl", type=_count, default=2, metavar="SECONDS",
                         help="TTL of the abandoned runs' checkpoints (default 2)")  # fmt: skip
-    parser.add_argument("--budget-ms", type=float, default=100.0, metavar="MS",
-                        help="overhead budget of one checkpoint call (default 100)")  # fmt: skip
+    parser.add_argument("--budget-ms", type=float, default=None, metavar="MS",
+                        help=budget_help())  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", dest="json_path",
                         help="also write the summary as JSON to PATH")  # fmt: skip
     parser.add_argument("--node", action="store_true",
@@ -69,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
     from sidecar.server.embedded import EmbeddedServerError
     from sidecar.server.runtime import SidecarStartError
 
+    try:  # the library's setting: --budget-ms, else SIDECAR_BUDGET_MS, else its default
+        budget_ms = library_config(budget_ms=args.budget_ms).budget_ms
+    except ValueError as exc:
+        sys.stderr.write(f"checkpoint-sidecar demo: error: {exc}\n")
+        return 1
     opts = Options(
         runs=args.runs,
         concurrency=args.concurrency,
@@ -76,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
         slow_redis_s=args.slow_redis,
         keep_serving=args.keep_serving,
         redis_url=args.redis_url or None,
-        metrics_port=args.metrics_port,
+        metrics_port=args.port,
         json_path=args.json_path,
         abandon_ttl_s=args.abandon_ttl,
-        budget_ms=args.budget_ms,
+        budget_ms=budget_ms,
         live=args.live,
         node=args.node,
     )

@@ -42,13 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runbook-url",
         default=RUNBOOK_URL,
-        help=f"where operators read the runbooks (default {RUNBOOK_URL!r}, this repository's)",
+        help=f"where operators read docs/runbooks.md: alerts and alerting panels link to it"
+        f" (default {RUNBOOK_URL})",
     )
     args = parser.parse_args(argv)
     if args.budget_ms <= 0 or not 0 < args.slo < 1:
         parser.exit(2, "error: --budget-ms must be > 0 and --slo between 0 and 1\n")
     written = generate_dashboards(
-        args.out_dir / DASHBOARDS_DIR, budget_ms=args.budget_ms, slo=args.slo
+        args.out_dir / DASHBOARDS_DIR,
+        budget_ms=args.budget_ms,
+        slo=args.slo,
+        runbook_url=args.runbook_url,
     )
     written.append(
         generate_rules(

@@ -19,15 +19,17 @@ from grafanalib._gen import DashboardEncoder
 
 from sidecar.ops import health, overview
 from sidecar.ops.normalize import normalize_dashboard
-from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO
+from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO, RUNBOOK_URL
 
 
-def builders(budget_ms: float, slo: float) -> dict[str, Callable[[], Any]]:
+def builders(
+    budget_ms: float, slo: float, runbook_url: str = RUNBOOK_URL
+) -> dict[str, Callable[[], Any]]:
     """File stem -> a function building that grafanalib dashboard."""
     budget_seconds = budget_ms / 1000.0
     return {
-        overview.FILENAME: lambda: overview.build(budget_seconds, slo),
-        health.FILENAME: health.build,
+        overview.FILENAME: lambda: overview.build(budget_seconds, slo, runbook_url),
+        health.FILENAME: lambda: health.build(runbook_url),
     }
 
 
@@ -42,20 +44,25 @@ def render(data: dict[str, Any]) -> str:
 
 
 def dashboards_json(
-    budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
+    budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO, runbook_url: str = RUNBOOK_URL
 ) -> dict[str, dict[str, Any]]:
     """File stem -> normalised dashboard JSON."""
     if budget_ms <= 0 or not 0 < slo < 1:
         raise ValueError("budget_ms must be > 0 and slo between 0 and 1 (exclusive)")
-    return {stem: to_grafana_json(build()) for stem, build in builders(budget_ms, slo).items()}
+    built = builders(budget_ms, slo, runbook_url)
+    return {stem: to_grafana_json(build()) for stem, build in built.items()}
 
 
 def generate_dashboards(
-    out_dir: pathlib.Path, *, budget_ms: float = DEFAULT_BUDGET_MS, slo: float = DEFAULT_SLO
+    out_dir: pathlib.Path,
+    *,
+    budget_ms: float = DEFAULT_BUDGET_MS,
+    slo: float = DEFAULT_SLO,
+    runbook_url: str = RUNBOOK_URL,
 ) -> list[pathlib.Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for stem, data in dashboards_json(budget_ms, slo).items():
+    for stem, data in dashboards_json(budget_ms, slo, runbook_url).items():
         path = out_dir / f"{stem}.json"
         path.write_text(render(data), encoding="utf-8")
         written.append(path)

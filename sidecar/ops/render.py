@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -20,23 +21,22 @@ from sidecar.ops.dashboards import to_grafana_json
 from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO
 
 PANELS = (
+    "Latency p99 by operation vs budget",
     "Operations/s by operation",
-    "Latency p50 / p95 / p99 by operation",
-    "Outcomes by operation (non-ok)",
-    "Share within budget vs SLO",
+    "Non-ok outcomes by operation",
+    "Within budget vs SLO",
     "Sections restored vs produced (LLM calls saved)",
-    "Latency heatmap (exemplars link to traces)",
+    "Latency heatmap",
 )
+_VARIABLES = ("job", "namespace", "pod", "instance")
 _MAX_SERIES = 8
 
 
 def grafana_to_promql(expr: str, rate_interval: str) -> str:
     """A dashboard expression with Grafana's variables replaced for a direct query."""
-    return (
-        expr.replace('"$job"', '".*"')
-        .replace('"$instance"', '".*"')
-        .replace("$__rate_interval", rate_interval)
-    )
+    for variable in _VARIABLES:
+        expr = expr.replace(f'"${variable}"', '".*"')
+    return expr.replace("$__rate_interval", rate_interval)
 
 
 def query_range(
@@ -54,16 +54,17 @@ def query_range(
 
 
 def _legend(template: str, labels: dict[str, str]) -> str:
-    out = template
-    for key, value in labels.items():
-        out = out.replace("{{" + key + "}}", value)
-    return out
+    """Grafana's legend: ``{{label}}`` replaced by its value, by nothing when it is absent."""
+    out = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template)
+    return " ".join(out.split())
 
 
 def _panels_by_title() -> dict[str, dict[str, Any]]:
     board = to_grafana_json(overview.build(DEFAULT_BUDGET_MS / 1000.0, DEFAULT_SLO))
     found: dict[str, dict[str, Any]] = {}
     for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
         title = str(panel["title"])
         for wanted in PANELS:
             if title.startswith(wanted):

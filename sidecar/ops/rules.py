@@ -1,29 +1,47 @@
-"""Prometheus recording and alerting rules for the checkpoint latency SLO, as data.
+"""Prometheus recording and alerting rules for checkpointing, as data.
 
 Each alert is a list of :class:`Term` s: a *probe* (the PromQL whose value the alert looks at)
-and the comparison that makes it fire. The YAML is assembled from them, and the end-to-end test
-evaluates every probe against a real Prometheus, so an alert naming a metric that does not
-exist is caught before an operator finds out that it can never fire.
+and the comparison that makes it fire. The YAML is assembled from them
+(:func:`rules_document` returns the groups: the rule file and the Prometheus Operator's
+``PrometheusRule`` are both written from it), and the end-to-end test evaluates every probe
+against a real Prometheus, so an alert naming a metric that does not exist is caught before an
+operator finds out that it can never fire.
 
-Recording rules follow Sloth's naming (``<prefix>:sli_error:ratio_rate<window>``).
+What the alerts promise:
+
+* severity by impact: ``critical`` pages when checkpoints are lost now (Redis unavailable) or
+  the latency SLO burns fast; losing observability only (the sidecar) is a ``warning``;
+* a total outage pages whatever the agents' traffic (:func:`_redis_unavailable`);
+* ratios never divide by zero, and ratio alerts wait for a minimum of traffic (the
+  ``*_MIN_*`` guards): one resume out of four runs is not an incident;
+* descriptions name the namespace and the pod when Prometheus has them; every ``runbook_url``
+  is absolute (:data:`RUNBOOK_URL`, overridable).
+
+Thresholds are module constants, read by the dashboards that draw them. Recording rules follow
+Sloth's naming (``<prefix>:sli_error:ratio_rate<window>``).
 """
 
 from __future__ import annotations
 
 import pathlib
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar import names
 from sidecar.config import CheckpointConfig
-from sidecar.ops.promql import Queries
+from sidecar.ops.promql import Queries, without
 
 DEFAULT_BUDGET_MS = CheckpointConfig.model_fields["budget_ms"].default
 DEFAULT_SLO = 0.99
-# Where the runbooks live. The default is the file's path in this repository; operators who host
-# the repository (or a copy of the runbooks) pass their URL: --runbook-url https://.../runbooks.md
-RUNBOOK_URL = "docs/runbooks.md"
+# Where the runbooks live: every ``runbook_url`` is absolute, because Alertmanager, Slack and
+# PagerDuty show a relative path as dead text. The default is docs/runbooks.md of the project's
+# repository; operators who host their own copy pass ``--runbook-url https://.../runbooks.md``.
+# A relative value (``docs/runbooks.md``) is read against RUNBOOK_BASE_URL.
+RUNBOOK_BASE_URL = "https://github.com/checkpoint-sidecar/checkpoint-sidecar/blob/main/"
+RUNBOOK_URL = RUNBOOK_BASE_URL + "docs/runbooks.md"
 SLI_WINDOWS = ("5m", "30m", "1h", "6h", "3d")
+SLO_WINDOW = "30d"
 SIDECAR_METRIC_PREFIX = names.REDIS_UP.split("_", 1)[0] + "_"  # "sidecar_"
 
 
@@ -31,25 +49,70 @@ def sli_error_record(window: str) -> str:
     return f"checkpoint:sli_error:ratio_rate{window}"
 
 
+# The 30-day figures are read from two cheap 5-minute records (one sample per job and
+# evaluation), not from 30 days of raw histogram buckets at every dashboard refresh.
+SLI_GOOD_RECORD = "checkpoint:sli_good:rate5m"
+SLI_EVENTS_RECORD = "checkpoint:sli_events:rate5m"
+SLO_RECORD = sli_error_record(SLO_WINDOW)
 FAILED_RECORD = "checkpoint:operations_failed:ratio_rate5m"
+UNAVAILABLE_RECORD = "checkpoint:operations_unavailable:ratio_rate5m"
 RESUMED_RECORD = "checkpoint:runs_resumed:ratio_rate30m"
 TTL_EXPIRED_RECORD = "checkpoint:runs_ttl_expired:ratio_rate1h"
+
+# Thresholds and traffic guards, shared with the dashboards (which draw the thresholds).
+FAILED_THRESHOLD = 0.05
+FAILED_MIN_OPERATIONS = 100  # per 5 minutes: 2 errors out of 10 calls are not an incident
+UNAVAILABLE_THRESHOLD = 0.9
+RESUMED_THRESHOLD = 0.25
+RESUMED_MIN_RUNS = 20  # per 30 minutes: one resume out of four runs is not an incident
+TTL_EXPIRED_THRESHOLD = 0.1
+TTL_EXPIRED_MIN_RUNS = 20  # per hour: idle agents whose old runs expire are not a ratio
+# (name, long window, short window, burn factor, severity, for)
+BURN_ALERTS = (
+    ("CheckpointLatencyBudgetBurnFast", "1h", "5m", 14.4, "critical", "2m"),
+    ("CheckpointLatencyBudgetBurnSlow", "6h", "30m", 6.0, "critical", "15m"),
+    ("CheckpointLatencyBudgetBurnTicket", "3d", "6h", 1.0, "warning", "1h"),
+)
+
+# Where an alert fires, for its description. Job-level alerts (sums over the pods of a job)
+# name the namespace when there is one; per-target alerts name the pod, or the instance when
+# Prometheus scrapes without Kubernetes labels.
+_JOB = "{{ $labels.job }}{{ with $labels.namespace }} in namespace {{ . }}{{ end }}"
+_TARGET = (
+    "{{ with $labels.pod }}pod {{ . }}{{ else }}{{ $labels.instance }}{{ end }}"
+    "{{ with $labels.namespace }} in namespace {{ . }}{{ end }} (job {{ $labels.job }})"
+)
+
+
+def absolute_url(url: str) -> str:
+    """``url`` if absolute, else read against :data:`RUNBOOK_BASE_URL`."""
+    if urllib.parse.urlsplit(url).scheme in ("http", "https"):
+        return url
+    return urllib.parse.urljoin(RUNBOOK_BASE_URL, url)
+
+
+def runbook_link(name: str, runbook_url: str = RUNBOOK_URL) -> str:
+    """The absolute link to the runbook section of alert ``name``."""
+    return f"{absolute_url(runbook_url)}#{name.lower()}"
 
 
 @dataclass(frozen=True)
 class Term:
     """One condition of an alert: ``probe`` returns the value, ``comparison`` filters it.
 
-    ``absent`` terms fire when ``probe`` returns nothing (``absent(probe)``)."""
+    ``absent`` terms fire when ``probe`` returns nothing (``absent(probe)``). ``unless`` is an
+    expression that silences the term where it returns a series (a cross-check)."""
 
     probe: str
     comparison: str = ""
     absent: bool = False
+    unless: str = ""
 
     def render(self) -> str:
         if self.absent:
             return f"absent({self.probe})"
-        return f"{self.probe} {self.comparison}".strip()
+        rendered = f"{self.probe} {self.comparison}".strip()
+        return f"{rendered} unless {self.unless}" if self.unless else rendered
 
 
 @dataclass(frozen=True)
@@ -77,7 +140,7 @@ class Alert:
             "annotations": {
                 "summary": self.summary,
                 "description": self.description,
-                "runbook_url": f"{runbook_url}#{self.name.lower()}",
+                "runbook_url": runbook_link(self.name, runbook_url),
             },
         }
 
@@ -87,12 +150,24 @@ def _fmt(value: float) -> str:
     return format(round(value, 10), "g")
 
 
+def _pct(value: float) -> str:
+    return _fmt(value * 100) + "%"
+
+
 def recording_rules(budget_seconds: float) -> list[tuple[str, str]]:
-    """(record name, expression) pairs."""
+    """(record name, expression) pairs, in evaluation order (later rules read earlier ones)."""
     q = Queries(budget_seconds)
     rules = [(sli_error_record(w), q.sli_error_ratio(w)) for w in SLI_WINDOWS]
     rules += [
+        (SLI_GOOD_RECORD, q.good_rate("5m")),
+        (SLI_EVENTS_RECORD, q.events_rate("5m")),
+        (
+            SLO_RECORD,
+            f"1 - sum_over_time({SLI_GOOD_RECORD}[{SLO_WINDOW}])"
+            f" / (sum_over_time({SLI_EVENTS_RECORD}[{SLO_WINDOW}]) > 0)",
+        ),
         (FAILED_RECORD, q.failed_ratio("5m")),
+        (UNAVAILABLE_RECORD, q.unavailable_ratio("5m")),
         (RESUMED_RECORD, q.resumed_ratio("30m")),
         (TTL_EXPIRED_RECORD, q.ttl_expiry_ratio("1h")),
     ]
@@ -100,9 +175,8 @@ def recording_rules(budget_seconds: float) -> list[tuple[str, str]]:
 
 
 def _burn(
-    name: str, windows: tuple[str, str], factor: float, budget_ms: float, slo: float, **kw: str
+    name: str, long: str, short: str, factor: float, budget_ms: float, slo: float, **kw: str
 ) -> Alert:
-    long, short = windows
     error_budget = _fmt(1 - slo)
     terms = tuple(
         Term(f"{sli_error_record(w)} / {error_budget}", f"> {_fmt(factor)}") for w in (long, short)
@@ -112,7 +186,7 @@ def _burn(
         terms=terms,
         summary=f"Checkpoint latency error budget burning faster than {_fmt(factor)}x",
         description=(
-            f"Over the last {long} (and {short}) checkpoint operations of {{{{ $labels.job }}}}"
+            f"Over the last {long} (and {short}) checkpoint operations of {_JOB}"
             f" missed the {_fmt(budget_ms)} ms budget {{{{ $value | humanize }}}} times faster"
             f" than the {_fmt(slo * 100)}% SLO allows (threshold {_fmt(factor)}x)."
         ),
@@ -120,45 +194,61 @@ def _burn(
     )
 
 
+def _redis_unavailable(q: Queries) -> Alert:
+    """Issue 9, item 14: a total outage pages whatever the agents' traffic.
+
+    The circuit gauge is 1 only during each cooldown (5 s), so an agent that calls every 30 s
+    shows it at almost no scrape. What holds through an outage: no call gets anything done
+    (every outcome error, timeout or skipped), and the sidecars, which keep serving while Redis
+    is down, report ``sidecar_redis_up 0``. The sidecar's view pages only if no agent call
+    succeeded meanwhile: a sidecar with a wrong ACL user is not a Redis outage.
+    """
+    return Alert(
+        name="CheckpointRedisUnavailable",
+        terms=(
+            Term(UNAVAILABLE_RECORD, f"> {_fmt(UNAVAILABLE_THRESHOLD)}"),
+            Term(
+                f"max without (instance, pod) ({names.REDIS_UP})",
+                "== 0",
+                unless=f"on (job, namespace) ({q.ok_rate('2m')} > 0)",
+            ),
+        ),
+        joiner="or",
+        severity="critical",
+        for_="3m",
+        summary="Redis is unavailable to checkpoints: agents run without them",
+        description=(
+            f"Checkpoint calls of {_JOB} get nothing done: {{{{ if lt $value 0.5 }}}}no sidecar"
+            " of the job reaches Redis (sidecar_redis_up 0) and no agent call succeeded for 2m"
+            "{{ else }}{{ $value | humanizePercentage }} of them failed or were skipped over 5m"
+            f" (threshold {_pct(UNAVAILABLE_THRESHOLD)}){{{{ end }}}}. A crash now loses all"
+            " work done since the outage began."
+        ),
+    )
+
+
 def alerts(budget_ms: float, slo: float) -> list[Alert]:
     """Every alert, in the order the runbook documents them."""
+    q = Queries(budget_ms / 1000.0)
     return [
-        _burn(
-            "CheckpointLatencyBudgetBurnFast",
-            ("1h", "5m"),
-            14.4,
-            budget_ms,
-            slo,
-            severity="critical",
-            for_="2m",
+        *(
+            _burn(name, long, short, factor, budget_ms, slo, severity=severity, for_=for_)
+            for name, long, short, factor, severity, for_ in BURN_ALERTS
         ),
-        _burn(
-            "CheckpointLatencyBudgetBurnSlow",
-            ("6h", "30m"),
-            6,
-            budget_ms,
-            slo,
-            severity="critical",
-            for_="15m",
-        ),
-        _burn(
-            "CheckpointLatencyBudgetBurnTicket",
-            ("3d", "6h"),
-            1,
-            budget_ms,
-            slo,
-            severity="warning",
-            for_="1h",
-        ),
+        _redis_unavailable(q),
         Alert(
             name="CheckpointErrorsHigh",
-            terms=(Term(FAILED_RECORD, "> 0.05"),),
+            terms=(
+                Term(FAILED_RECORD, f"> {_fmt(FAILED_THRESHOLD)}"),
+                Term(q.events_increase("5m"), f">= {FAILED_MIN_OPERATIONS}"),
+            ),
             severity="warning",
             for_="10m",
             summary="Checkpoint operations are failing",
             description=(
-                "{{ $value | humanizePercentage }} of the checkpoint operations of"
-                " {{ $labels.job }} ended in error or timeout over 5m (threshold 5%)."
+                f"{{{{ $value | humanizePercentage }}}} of the checkpoint operations of {_JOB}"
+                f" ended in error or timeout over 5m (threshold {_pct(FAILED_THRESHOLD)}, with"
+                f" at least {FAILED_MIN_OPERATIONS} operations)."
             ),
         ),
         Alert(
@@ -166,35 +256,43 @@ def alerts(budget_ms: float, slo: float) -> list[Alert]:
             # The gauge is 1 while calls are skipped: one cooldown at a time, with a failed probe
             # in between. max_over_time bridges those instants so a long outage stays firing.
             terms=(Term(f"max without (pid) (max_over_time({names.CIRCUIT_OPEN}[1m]))", "> 0"),),
-            severity="critical",
+            severity="warning",
             for_="5m",
             summary="Checkpoint circuit breaker open: checkpoints are being skipped",
             description=(
-                "The circuit breaker of {{ $labels.instance }} ({{ $labels.job }}) has been open"
-                " for 5m (value {{ $value | humanize }}): agents run without checkpoints."
+                f"The circuit breaker of {_TARGET} has been open for 5m"
+                " (value {{ $value | humanize }}): its agents run without checkpoints."
             ),
         ),
         Alert(
             name="CheckpointTTLExpiriesHigh",
-            terms=(Term(TTL_EXPIRED_RECORD, "> 0.1"),),
+            terms=(
+                Term(TTL_EXPIRED_RECORD, f"> {_fmt(TTL_EXPIRED_THRESHOLD)}"),
+                Term(q.runs_started_increase("1h"), f">= {TTL_EXPIRED_MIN_RUNS}"),
+            ),
             severity="warning",
             for_="5m",
             summary="Many checkpointed runs expire unfinished",
             description=(
-                "Runs of {{ $labels.job }} that expired by TTL were"
-                " {{ $value | humanizePercentage }} of the runs started over 1h (threshold 10%):"
-                " runs are abandoned and their work wasted."
+                f"Runs of {_JOB} that expired by TTL were {{{{ $value | humanizePercentage }}}}"
+                f" of the runs started over 1h (threshold {_pct(TTL_EXPIRED_THRESHOLD)}, with at"
+                f" least {TTL_EXPIRED_MIN_RUNS} runs started): runs are abandoned and their"
+                " work wasted."
             ),
         ),
         Alert(
             name="CheckpointResumeRateHigh",
-            terms=(Term(RESUMED_RECORD, "> 0.25"),),
+            terms=(
+                Term(RESUMED_RECORD, f"> {_fmt(RESUMED_THRESHOLD)}"),
+                Term(q.runs_started_increase("30m"), f">= {RESUMED_MIN_RUNS}"),
+            ),
             severity="warning",
             for_="5m",
             summary="Many agent runs are resuming from a checkpoint",
             description=(
-                "{{ $value | humanizePercentage }} of the runs of {{ $labels.job }} started over"
-                " 30m were resumes (threshold 25%): agents are failing often."
+                f"{{{{ $value | humanizePercentage }}}} of the runs of {_JOB} started over 30m"
+                f" were resumes (threshold {_pct(RESUMED_THRESHOLD)}, with at least"
+                f" {RESUMED_MIN_RUNS} runs): agents are failing often."
             ),
         ),
         Alert(
@@ -204,25 +302,43 @@ def alerts(budget_ms: float, slo: float) -> list[Alert]:
                 Term(f"(up and on (job, instance) last_over_time({names.REDIS_UP}[1h]))", "== 0"),
             ),
             joiner="or",
-            severity="critical",
+            # Losing the sidecar loses observability only: agents keep checkpointing.
+            severity="warning",
             for_="5m",
             summary="The checkpoint sidecar is down or not scraped",
             description=(
-                "{{ if $labels.instance }}Target {{ $labels.instance }} ({{ $labels.job }}),"
-                " which exports the sidecar's metrics, is down (up = {{ $value | humanize }})."
+                f"{{{{ if $labels.instance }}}}The sidecar target {_TARGET} is down"
+                " (up = {{ $value | humanize }})."
                 f"{{{{ else }}}}No {SIDECAR_METRIC_PREFIX}* series has been scraped for 5m."
-                "{{ end }} Expiries are not counted and Redis health is not watched."
+                "{{ end }} Expiries are not counted, Redis health is not watched, and in"
+                " multiprocess mode the agents' own metrics are not exported either."
             ),
         ),
         Alert(
             name="CheckpointExpiryWatcherDown",
+            # 1 while the watcher is healthy: counting, or standing by with Redis answering (a
+            # standby sidecar of the fleet is up); 0 means it could not take over counting.
             terms=(Term(f"max without (pid) ({names.WATCHER_UP})", "== 0"),),
             severity="warning",
             for_="10m",
-            summary="The sidecar's expiry watcher is not subscribed",
+            summary="A sidecar's expiry watcher is down: it can neither count nor take over",
             description=(
-                "The expiry watcher of {{ $labels.instance }} has been down for 10m"
-                " (value {{ $value | humanize }}): TTL and lease expiries are not counted."
+                f"The expiry watcher of {_TARGET} has been down for 10m"
+                " (value {{ $value | humanize }}): it cannot count TTL and lease expiries."
+            ),
+        ),
+        Alert(
+            name="CheckpointExpiriesNotCounted",
+            # Several sidecars run per Redis and exactly K >= 1 of them count (elected); counts
+            # are deduplicated in Redis, so the sum over instances is the number counting.
+            terms=(Term(f"{without()} ({names.WATCHER_COUNTING})", "== 0"),),
+            severity="warning",
+            for_="10m",
+            summary="No sidecar counts TTL and lease expiries",
+            description=(
+                f"None of the sidecars of {_JOB} has been an elected counting watcher for 10m"
+                " (counting watchers: {{ $value | humanize }}): TTL and lease expiries are"
+                " missed and CheckpointTTLExpiriesHigh cannot fire."
             ),
         ),
     ]
@@ -277,4 +393,13 @@ def generate_rules(
     return out_path
 
 
-__all__ = ["Alert", "Term", "alerts", "generate_rules", "recording_rules", "rules_document"]
+__all__ = [
+    "Alert",
+    "Term",
+    "absolute_url",
+    "alerts",
+    "generate_rules",
+    "recording_rules",
+    "rules_document",
+    "runbook_link",
+]

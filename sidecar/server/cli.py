@@ -4,6 +4,11 @@ Subcommands: ``serve`` (the sidecar process), ``dashboards`` and ``alerts`` (gen
 :mod:`sidecar.names` by :mod:`sidecar.ops`), ``demo`` (:mod:`sidecar.demo`). Heavy imports
 happen at dispatch, so ``--help`` is quick. A bad flag prints a short usage line and one error
 line, and exits 2; a failure at start prints one error line and exits 1; never a traceback.
+
+Conventions every subcommand keeps: settings the library has come from the same
+``CheckpointConfig`` (flag, then ``SIDECAR_*``, then default: :mod:`sidecar.server.settings`),
+one flag name per meaning (``--redis-url``, ``--budget-ms``, ``--port``, ``--out``), ``--out -``
+writes to standard output, and every ``--help`` shows each option's default.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pathlib
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
 
 from sidecar.server.argtypes import bounded, port, positive, ratio
+from sidecar.server.settings import budget_help, library_config
 
 PROG = "checkpoint-sidecar"
 USAGE_ERROR = 2
@@ -32,8 +40,26 @@ def version() -> str:
         return __version__
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Shows ``(default: X)`` after an option's help unless the help already names its default
+    (``serve`` spells out the environment variable too) or there is no default to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or not action.option_strings:
+            return text
+        if action.default in (None, False, True, argparse.SUPPRESS) or action.default == []:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage and a one-line error instead of the whole usage block."""
+    """argparse with a one-line usage and a one-line error instead of the whole usage block,
+    and every option's default in ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"usage: {self.prog} [options]  (see {self.prog} --help)\n")
@@ -127,20 +153,21 @@ def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def _add_budget_and_slo(p: argparse.ArgumentParser) -> None:
-    """--budget-ms and --slo, defaulting to the library's own (one source of truth)."""
-    from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO
+    """--budget-ms (the library's setting: flag, SIDECAR_BUDGET_MS, default) and --slo."""
+    from sidecar.ops.rules import DEFAULT_SLO
 
     p.add_argument(
         "--budget-ms",
         type=positive,
-        default=DEFAULT_BUDGET_MS,
-        help=f"overhead budget in ms; a histogram bucket edge (default {DEFAULT_BUDGET_MS:g})",
+        metavar="MS",
+        default=None,  # resolved by library_config(), so SIDECAR_BUDGET_MS counts
+        help=budget_help("overhead budget of one checkpoint call in ms, a histogram bucket edge"),
     )
     p.add_argument(
         "--slo",
         type=ratio,
         default=DEFAULT_SLO,
-        help=f"share of calls within budget (default {DEFAULT_SLO})",
+        help="share of calls within budget",
     )
 
 
@@ -150,7 +177,19 @@ def _add_dashboards(sub: argparse._SubParsersAction[Parser]) -> None:
         help="write the Grafana dashboards (JSON) and optionally render an overview PNG",
         description="Generate the Grafana dashboards from the metric names in sidecar.names.",
     )
-    p.add_argument("--out", metavar="DIR", default="dashboards", help="output directory")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="dashboards",
+        help="output directory; - writes JSON to standard output (the dashboard chosen with "
+        "--only, else an object of every dashboard by name)",
+    )
+    p.add_argument(
+        "--only",
+        metavar="NAME",
+        help="write only this dashboard: checkpoint-overview or checkpoint-sidecar-health "
+        "(default: both)",
+    )
     _add_budget_and_slo(p)
     p.add_argument("--render", metavar="PNG", help="also render the overview panel to PNG")
     p.add_argument(
@@ -170,20 +209,66 @@ def _add_dashboards(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def _add_alerts(sub: argparse._SubParsersAction[Parser]) -> None:
+    from sidecar.ops.k8s import DEFAULT_NAME  # light: no YAML until something is written
+    from sidecar.ops.rules import RUNBOOK_URL
+
     p = sub.add_parser(
         "alerts",
         help="write the Prometheus alerting and recording rules (YAML)",
         description="Generate the Prometheus rules from the metric names in sidecar.names.",
     )
-    p.add_argument("--out", metavar="FILE", default="alerts/checkpoint-rules.yml", help="output")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help=f"output file, - for standard output (default: {RULES_OUT}; with --format "
+        f"prometheusrule {PROMETHEUS_RULE_OUT})",
+    )
+    p.add_argument(
+        "--format",
+        choices=("rules", "prometheusrule"),
+        default="rules",
+        help="rules: a Prometheus rule file; prometheusrule: the same groups in a Prometheus "
+        "Operator PrometheusRule resource (kube-prometheus-stack)",
+    )
+    p.add_argument(
+        "--name",
+        default=DEFAULT_NAME,
+        help="--format prometheusrule: the resource's name",
+    )
+    p.add_argument(
+        "--namespace",
+        help="--format prometheusrule: the resource's namespace (default: none, kubectl -n "
+        "chooses)",
+    )
+    p.add_argument(
+        "--label",
+        metavar="KEY=VALUE",
+        action="append",
+        type=_label,
+        default=[],
+        help="--format prometheusrule: a label to add, e.g. release=kube-prometheus-stack "
+        "(the label your Prometheus' ruleSelector wants); repeatable",
+    )
     _add_budget_and_slo(p)
     p.add_argument(
         "--runbook-url",
         metavar="URL",
-        default="docs/runbooks.md",
+        default=RUNBOOK_URL,  # sidecar.ops.rules' own: one default for CLI, module and tests
         help="where your operators read docs/runbooks.md; each alert links to its heading",
     )
     p.set_defaults(handler=_run_alerts, parser=p)
+
+
+RULES_OUT = "alerts/checkpoint-rules.yml"
+PROMETHEUS_RULE_OUT = "deploy/prometheus-operator/prometheusrule.yaml"
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    return key, value
 
 
 def _add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -251,12 +336,33 @@ def _ops(command: str, function: str) -> Callable[..., object] | None:
     return found
 
 
+def _budget_ms(command: str, args: argparse.Namespace) -> float | None:
+    """The budget from --budget-ms, else SIDECAR_BUDGET_MS, else the library's default."""
+    try:
+        return library_config(budget_ms=args.budget_ms).budget_ms
+    except ValueError as exc:
+        _fail(command, str(exc))
+        return None
+
+
+def _to_stdout(write: Callable[[pathlib.Path], object], name: str) -> None:
+    """Let ``write`` generate into a temporary directory and copy the result to stdout: the
+    generators stay the only code that shapes the output."""
+    with tempfile.TemporaryDirectory(prefix="checkpoint-sidecar-") as tmp:
+        target = pathlib.Path(tmp) / name
+        write(target)
+        sys.stdout.write(target.read_text(encoding="utf-8"))
+
+
 def _run_dashboards(args: argparse.Namespace) -> int:
     generate = _ops("dashboards", "generate_dashboards")
     if generate is None:
         return USAGE_ERROR
+    budget_ms = _budget_ms("dashboards", args)
+    if budget_ms is None:
+        return 1
     try:
-        generate(args.out, budget_ms=args.budget_ms, slo=args.slo)
+        _write_dashboards(generate, args, budget_ms)
         if args.render:
             render = _ops("dashboards", "render_overview_png")
             if render is None:
@@ -265,25 +371,93 @@ def _run_dashboards(args: argparse.Namespace) -> int:
                 render(args.prometheus_url, args.render, window_s=args.render_window)
             except OSError as exc:
                 return _fail("dashboards", f"cannot render from {args.prometheus_url}: {exc}")
-    except (OSError, ValueError, ImportError) as exc:
+    except ImportError as exc:
+        return _fail("dashboards", f"{exc}: install 'checkpoint-sidecar[dashboards]'")
+    except (OSError, ValueError) as exc:
         return _fail("dashboards", str(exc))
-    print(
-        f"dashboards written to {args.out}"
-        + (f", overview in {args.render}" if args.render else "")
-    )
+    if args.out != "-":
+        print(
+            f"dashboards written to {args.out}"
+            + (f", overview in {args.render}" if args.render else "")
+        )
     return 0
+
+
+def _write_dashboards(
+    generate: Callable[..., object], args: argparse.Namespace, budget_ms: float
+) -> None:
+    """Generate into a directory (a temporary one for ``--out -``), keep ``--only``'s."""
+    import json
+
+    def write(out_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = generate(out_dir, budget_ms=budget_ms, slo=args.slo)
+        paths = {pathlib.Path(p).stem: pathlib.Path(p) for p in written}  # type: ignore[attr-defined]
+        if args.only is None:
+            return paths
+        if args.only not in paths:
+            raise ValueError(f"no dashboard {args.only!r}; choose one of {', '.join(paths)}")
+        for stem, path in paths.items():
+            if stem != args.only:
+                path.unlink()
+        return {args.only: paths[args.only]}
+
+    if args.out != "-":
+        write(pathlib.Path(args.out))
+        return
+    with tempfile.TemporaryDirectory(prefix="checkpoint-sidecar-") as tmp:
+        found = {
+            stem: json.loads(path.read_text("utf-8"))
+            for stem, path in write(pathlib.Path(tmp)).items()
+        }
+    document = found[args.only] if args.only else found
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _run_alerts(args: argparse.Namespace) -> int:
     generate = _ops("alerts", "generate_rules")
     if generate is None:
         return USAGE_ERROR
+    budget_ms = _budget_ms("alerts", args)
+    if budget_ms is None:
+        return 1
+    prometheus_rule = args.format == "prometheusrule"
+    out = args.out or (PROMETHEUS_RULE_OUT if prometheus_rule else RULES_OUT)
     try:
-        generate(args.out, budget_ms=args.budget_ms, slo=args.slo, runbook_url=args.runbook_url)
-    except (OSError, ValueError, ImportError) as exc:
+        if prometheus_rule:
+            _write_prometheus_rule(args, out, budget_ms)
+        else:
+
+            def write(path: pathlib.Path) -> object:
+                return generate(
+                    path, budget_ms=budget_ms, slo=args.slo, runbook_url=args.runbook_url
+                )
+
+            if out == "-":
+                _to_stdout(write, "rules.yml")
+            else:
+                write(pathlib.Path(out))
+    except ImportError as exc:
+        return _fail("alerts", f"{exc}: install 'checkpoint-sidecar[server]'")
+    except (OSError, ValueError) as exc:
         return _fail("alerts", str(exc))
-    print(f"rules written to {args.out}")
+    if out != "-":
+        print(f"rules written to {out}")
     return 0
+
+
+def _write_prometheus_rule(args: argparse.Namespace, out: str, budget_ms: float) -> None:
+    from sidecar.ops.k8s import prometheus_rule, write_prometheus_rule
+
+    resource = prometheus_rule(
+        budget_ms,
+        args.slo,
+        args.runbook_url,
+        name=args.name,
+        namespace=args.namespace,
+        labels=dict(args.label),
+    )
+    write_prometheus_rule(out, resource)
 
 
 def _demo_function(name: str) -> Callable[..., Any] | None:

@@ -10,6 +10,11 @@ budget and open the circuit breaker.
 Then every PromQL expression of every dashboard panel, every recording rule and every alert
 (without its final comparison, or inside its ``absent()``) must parse and return data, and the
 latency histogram must come back with an exemplar whose trace id is one of our spans.
+
+Metrics that no code on this branch emits yet (:data:`NOT_EMITTED_YET`: the elected counting
+watcher, run evictions, stored section bytes) cannot return data here: expressions reading
+them must parse, and must return data as soon as Prometheus has any series of the metric, so
+the check tightens by itself when the code that emits them lands.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, start_http_server
 
-from sidecar import CheckpointConfig, Checkpointer, RunContext, names
+from sidecar import CheckpointConfig, Checkpointer, CheckpointFactory, RunContext, names
 from sidecar.ops import render_overview_png
 from sidecar.ops.render import grafana_to_promql
 from sidecar.ops.rules import DEFAULT_BUDGET_MS, DEFAULT_SLO, alerts
@@ -45,6 +50,7 @@ from .prom import api, running_prometheus
 
 RATE_INTERVAL = "1m"  # covers the whole workload
 PLAN = ["plan", "draft", "final"]
+NOT_EMITTED_YET = (names.WATCHER_COUNTING, names.RUN_EVICTIONS, names.SECTION_STORED_BYTES)
 
 
 class AgentFailed(Exception):
@@ -212,9 +218,15 @@ async def _check_everything(
     assert await _scalar(client, f"sum({names.TTL_EXPIRIES})") >= 1
     assert await _scalar(client, 'count(up{job="checkpoint"} == 1)') == 2
 
+    absent_metrics = set()
+    for metric in NOT_EMITTED_YET:
+        data = await api(client, "/api/v1/query", query=f'count({{__name__=~"{metric}.*"}})')
+        if not data["result"]:
+            absent_metrics.add(metric)
     failures = []
+    valid_only = []
     expressions = _dashboard_expressions() + _rule_expressions()
-    assert len(expressions) >= 40
+    assert len(expressions) >= 60
     for where, expr in expressions:
         query = grafana_to_promql(expr, RATE_INTERVAL)
         response = await client.get("/api/v1/query", params={"query": query})
@@ -222,8 +234,12 @@ async def _check_everything(
         if body.get("status") != "success":
             failures.append(f"{where}: {body.get('error')}\n    {query}")
         elif not body["data"]["result"]:
-            failures.append(f"{where}: no data\n    {query}")
+            if any(metric in expr for metric in absent_metrics):
+                valid_only.append(where)
+            else:
+                failures.append(f"{where}: no data\n    {query}")
     assert not failures, "\n".join(failures)
+    print(f"e2e: {len(expressions)} expressions, valid only (metric not emitted): {valid_only}")
 
     now = time.time()
     exemplars = await api(
@@ -244,6 +260,58 @@ async def _check_everything(
 async def _check_rules_loaded(client: httpx.AsyncClient) -> None:
     groups = (await api(client, "/api/v1/rules"))["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 17
+    assert len(rules) == 23
     unhealthy = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not unhealthy
+
+
+async def test_redis_outage_pends_the_page_for_a_sparse_agent(tmp_path: pathlib.Path) -> None:
+    """Issue 9, item 14, with the real library: an agent whose Redis is gone emits outcomes that
+    the outage record counts as "nothing done", so the page is pending within seconds of the
+    first scrapes, while the circuit gauge is 1 only now and then. The promtool case
+    (alerts/tests/outage.yml) plays the same series at the real pace, once every 30 s."""
+    prometheus = require_tool("prometheus")
+    registry = CollectorRegistry()
+    agent_port = free_port()
+    http_server, http_thread = start_http_server(agent_port, addr="127.0.0.1", registry=registry)
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: connection refused
+    cp = Checkpointer.from_url(
+        dead, config=_config(dead, breaker_cooldown_s=0.2), registry=registry
+    )
+    mgr = CheckpointFactory(cp).create_for_context(RunContext(user_id="u", run_id="r"))
+    rule_file = REPO / "alerts" / "checkpoint-rules.yml"
+    try:
+        with running_prometheus(
+            prometheus, tmp_path, [f"127.0.0.1:{agent_port}"], rule_file
+        ) as prom:
+            async with httpx.AsyncClient(base_url=prom.url, timeout=10) as client:
+                pending: list[Any] = []
+                deadline = time.monotonic() + 30
+                saves = 0
+                while not pending and time.monotonic() < deadline:
+                    assert await mgr.save_section("summary", {"text": "x"}) is False
+                    saves += 1
+                    await asyncio.sleep(0.5)  # sparse: the cooldown ends before the next call
+                    alerts_now = await api(client, "/api/v1/query", query="ALERTS")
+                    pending = [
+                        a for a in alerts_now["result"]
+                        if a["metric"]["alertname"] == "CheckpointRedisUnavailable"
+                    ]  # fmt: skip
+                assert pending, f"no CheckpointRedisUnavailable after {saves} failed saves"
+                print(f"e2e outage: pending after {saves} failed saves")
+                assert pending[0]["metric"]["alertstate"] == "pending"  # `for: 3m` to go
+                assert pending[0]["metric"]["severity"] == "critical"
+                ratio = await _scalar(client, "checkpoint:operations_unavailable:ratio_rate5m")
+                assert ratio == 1.0
+                outcomes = await api(
+                    client,
+                    "/api/v1/query",
+                    query=f"sum by (outcome) ({names.OPERATION_DURATION}_count)",
+                )
+                seen = {r["metric"]["outcome"] for r in outcomes["result"]}
+                assert seen <= {names.ERROR, names.TIMEOUT, names.SKIPPED}, seen
+    finally:
+        await cp.aclose()
+        http_server.shutdown()
+        http_server.server_close()
+        http_thread.join(5)
