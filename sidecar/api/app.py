@@ -9,7 +9,6 @@ the incoming W3C ``traceparent``; the Checkpointer's CLIENT spans are its childr
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -19,7 +18,7 @@ from sidecar.api.auth import Authorizer
 from sidecar.api.handlers import Api
 from sidecar.api.http import ClientGone, Receive, Request, Response, Scope, Send
 from sidecar.api.problems import PROBLEM_TYPE, Problem, from_error
-from sidecar.api.routes import resolve
+from sidecar.api.routes import Handler, resolve
 from sidecar.checkpointer import Checkpointer
 from sidecar.errors import CheckpointError
 
@@ -86,9 +85,9 @@ class ApiApp:
             span.end()
         await response.send(send)
 
-    async def _answer(self, handler: Any, request: Request) -> Response:
+    async def _answer(self, handler: Handler, request: Request) -> Response:
         try:
-            response: Response = await handler(self.api, request)
+            response = await handler(self.api, request)
         except Problem as problem:
             return _problem(problem)
         except CheckpointError as exc:
