@@ -24,7 +24,7 @@ def api_config(redis_url: str) -> CheckpointConfig:
 
 
 @pytest.fixture
-async def api(
+async def api_server(
     api_config: CheckpointConfig,
     redis_client: aioredis.Redis,  # flushes the keyspace first
     registry: CollectorRegistry,
@@ -37,8 +37,8 @@ async def api(
 
 
 @pytest.fixture
-async def http(api: ApiServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+async def http(api_server: ApiServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_server.url, timeout=10) as client:
         yield client
 
 

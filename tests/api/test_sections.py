@@ -115,7 +115,7 @@ async def test_streamed_body_over_the_limit_is_refused_while_it_streams(
     assert await redis_client.keys("*") == []
 
 
-async def test_streamed_body_stops_being_read_past_the_limit(api: ApiServer) -> None:
+async def test_streamed_body_stops_being_read_past_the_limit(api_server: ApiServer) -> None:
     """At the ASGI level: the app stops pulling chunks once the limit is passed (it never
     buffers more than the limit plus one chunk), and has not read the Content-Length body."""
     pulled = 0
@@ -135,12 +135,12 @@ async def test_streamed_body_stops_being_read_past_the_limit(api: ApiServer) -> 
         "type": "http", "method": "PUT", "path": "/v1/runs/u/r/sections/s",
         "raw_path": b"/v1/runs/u/r/sections/s", "query_string": b"", "headers": [],
     }  # fmt: skip
-    await api.app(scope, receive, send)
+    await api_server.app(scope, receive, send)
     assert sent[0]["status"] == 413
     assert pulled == 1024 * 1024 // 65536 + 1  # 17 chunks of 160: refused on the one over
     pulled = 0
     scope["headers"] = [(b"content-length", str(10 * 1024 * 1024).encode())]
-    await api.app(scope, receive, send)
+    await api_server.app(scope, receive, send)
     assert sent[2]["status"] == 413 and pulled == 0  # refused before reading anything
 
 
@@ -176,7 +176,7 @@ async def test_lease_headers_must_come_together(http: httpx.AsyncClient) -> None
     assert_problem(r, 400, "invalid_request")
 
 
-async def test_a_body_that_never_finishes_is_refused_not_waited_for(api: ApiServer) -> None:
+async def test_a_body_that_never_finishes_is_refused_not_waited_for(api_server: ApiServer) -> None:
     """A client that declares more than it sends gets 400 invalid_body after the body timeout
     (shortened here), never a request held open forever."""
 
@@ -194,20 +194,20 @@ async def test_a_body_that_never_finishes_is_refused_not_waited_for(api: ApiServ
         "raw_path": b"/v1/runs/u/r/sections/s", "query_string": b"",
         "headers": [(b"content-length", b"100")],
     }  # fmt: skip
-    api.app.api.body_timeout_s = 0.2
-    await api.app(scope, receive, send)
+    api_server.app.api.body_timeout_s = 0.2
+    await api_server.app(scope, receive, send)
     assert sent[0]["status"] == 400
     assert b'"invalid_body"' in sent[1]["body"]  # type: ignore[operator]
 
 
 async def test_managers_are_kept_per_run_and_bounded(
-    api: ApiServer, http: httpx.AsyncClient
+    api_server: ApiServer, http: httpx.AsyncClient
 ) -> None:
     """Requests of one run share a manager; the cache never grows past its bound, and a bad
     id is refused without being cached."""
     from sidecar.api import handlers
 
-    state = api.app.api
+    state = api_server.app.api
     assert (await http.put(f"{RUN}/sections/a", content=b"1")).status_code == 204
     kept = state.manager(handlers.Ids("user-1", "run-1"))
     assert (await http.get(f"{RUN}/sections/a")).status_code == 200
