@@ -1,0 +1,380 @@
+"""The saver's Lua scripts, one per step, each named for what it does.
+
+A thread script receives the thread's keys in the order of
+:class:`~sidecar.langgraph.keys.ThreadKeys` (``KEYS[1]`` idx, ``KEYS[2]`` state,
+``KEYS[3]`` runs), all in one hash slot, so each is atomic on one node, standalone or cluster.
+Every thread script that writes ends by setting the TTL of all three keys (sliding on writes):
+no key is ever left without one. Writing scripts carry the ``#!lua`` shebang (refused before they
+run under OOM: never half a checkpoint); reads say ``flags=no-writes``, except the variants that
+slide the TTL on reads (``refresh_ttl_on_read``).
+
+The field and member layout is described in :mod:`sidecar.langgraph.keys`; ``\\31`` is the unit
+separator, ``\\30`` the record separator, index members start with ``\\1`` (a checkpoint) or
+``\\2`` (a checkpoint of a run), and ``\\32`` (space, ``\\31`` + 1) closes a prefix range.
+"""
+
+from __future__ import annotations
+
+from sidecar.lua import Script
+
+_COMMON = r"""
+local US, RS = '\31', '\30'
+local function split(s, sep)
+  local out, i = {}, 1
+  if not s or s == '' then return out end
+  while true do
+    local j = string.find(s, sep, i, true)
+    if not j then out[#out + 1] = string.sub(s, i); return out end
+    out[#out + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+local function slide(ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+"""
+
+# One checkpoint as {ns, id, record, metadata, {channel, blob, ...}, {task\31idx, write, ...}}
+# or false: three HMGETs, whatever the thread's length.
+_LOAD = r"""
+local function load(ns, cid)
+  local base = ns .. US .. cid
+  local got = redis.call('HMGET', KEYS[2], 'c' .. US .. base, 'm' .. US .. base,
+    'v' .. US .. base, 'x' .. US .. base)
+  if not got[1] then return false end
+  local blobs, writes = {}, {}
+  local vs = split(got[3], US)
+  if #vs > 0 then
+    local fields = {}
+    for i = 1, #vs, 2 do fields[#fields + 1] = 'b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1] end
+    local vals = redis.call('HMGET', KEYS[2], unpack(fields))
+    for i = 1, #fields do
+      if vals[i] then blobs[#blobs + 1] = vs[2 * i - 1]; blobs[#blobs + 1] = vals[i] end
+    end
+  end
+  local ws = split(got[4], RS)
+  if #ws > 0 then
+    local fields = {}
+    for i = 1, #ws do fields[i] = 'w' .. US .. base .. US .. ws[i] end
+    local vals = redis.call('HMGET', KEYS[2], unpack(fields))
+    for i = 1, #ws do
+      if vals[i] then writes[#writes + 1] = ws[i]; writes[#writes + 1] = vals[i] end
+    end
+  end
+  return {ns, cid, got[1], got[2], blobs, writes}
+end
+"""
+
+# Remove checkpoints (given as ns\31id) with their writes, run references and markers, then
+# the channel values no remaining checkpoint refers to. O(remaining) for the value sweep:
+# deletes are rare, and a value shared with a kept checkpoint must stay.
+_DROP = r"""
+local function drop(bases)
+  if #bases == 0 then return end
+  local candidates = {}
+  for _, base in ipairs(bases) do
+    local ns = string.sub(base, 1, string.find(base, US, 1, true) - 1)
+    local got = redis.call('HMGET', KEYS[2], 'v' .. US .. base, 'x' .. US .. base,
+      'm' .. US .. base)
+    local vs = split(got[1], US)
+    for i = 1, #vs, 2 do candidates['b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1]] = true end
+    local dead = {'c' .. US .. base, 'm' .. US .. base, 'v' .. US .. base, 'x' .. US .. base,
+      'h' .. US .. base}
+    for _, w in ipairs(split(got[2], RS)) do dead[#dead + 1] = 'w' .. US .. base .. US .. w end
+    redis.call('HDEL', KEYS[2], unpack(dead))
+    redis.call('ZREM', KEYS[1], '\1' .. base)
+    if got[3] then
+      local ok, md = pcall(cjson.decode, got[3])
+      if ok and type(md) == 'table' and type(md.run_id) == 'string' then
+        redis.call('ZREM', KEYS[1], '\2' .. md.run_id .. US .. base)
+      end
+    end
+  end
+  local left = redis.call('ZRANGEBYLEX', KEYS[1], '[\1', '(\2')
+  for _, m in ipairs(left) do
+    local base = string.sub(m, 2)
+    local ns = string.sub(base, 1, string.find(base, US, 1, true) - 1)
+    local vs = split(redis.call('HGET', KEYS[2], 'v' .. US .. base), US)
+    for i = 1, #vs, 2 do candidates['b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1]] = nil end
+  end
+  local gone = {}
+  for f, _ in pairs(candidates) do gone[#gone + 1] = f end
+  if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
+end
+local function settle(ttl)
+  if redis.call('ZLEXCOUNT', KEYS[1], '[\1', '(\2') == 0 then
+    redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
+  else
+    slide(ttl)
+  end
+end
+"""
+
+# ARGV: ns, id, parent, record (parent\31type\31bytes), metadata JSON, versions
+# (channel\31version\31...), ttl_ms, run id ('' none), run just registered ('1'/'0'),
+# source is input ('1'/'0'), then (channel\31version, value) pairs of the new versions.
+# Returns {mode (0 none, 1 fresh run, 2 resumed run), {runs whose run index needs a refresh}}.
+PUT_CHECKPOINT = Script(
+    "lg_put",
+    "#!lua\n"
+    + _COMMON
+    + r"""
+local ns, cid, parent = ARGV[1], ARGV[2], ARGV[3]
+local base = ns .. US .. cid
+local fields = {'c' .. US .. base, ARGV[4], 'm' .. US .. base, ARGV[5], 'v' .. US .. base, ARGV[6]}
+for i = 11, #ARGV, 2 do
+  fields[#fields + 1] = 'b' .. US .. ns .. US .. ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('ZADD', KEYS[1], 0, '\1' .. base)
+local stale = {}
+local run = ARGV[8]
+if run ~= '' then
+  redis.call('ZADD', KEYS[1], 0, '\2' .. run .. US .. base)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if ARGV[9] == '1' then
+    redis.call('ZADD', KEYS[3], now, run)
+  else
+    redis.call('ZADD', KEYS[3], 'NX', 0, run)
+  end
+  stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - math.floor(tonumber(ARGV[7]) / 2),
+    'LIMIT', 0, 8)
+  for _, r in ipairs(stale) do redis.call('ZADD', KEYS[3], now, r) end
+end
+local mode = 0
+if ns == '' then
+  if ARGV[10] == '1' then
+    mode = 1
+  elseif parent ~= '' and redis.call('HDEL', KEYS[2], 'h' .. US .. US .. parent) == 1 then
+    mode = 2
+  end
+end
+slide(ARGV[7])
+return {mode, stale}
+""",
+)
+
+# ARGV: ns, id, ttl_ms, then per write: task\31idx, overwrite ('1' for LangGraph's special
+# writes, negative idx), record (task_path\31channel\31type\31bytes), halts ('1' for ERROR and
+# INTERRUPT). A regular write already stored is kept (first write wins, as InMemorySaver).
+# Returns the run mode: 2 when this write resumes a halted root checkpoint, else 0.
+PUT_WRITES = Script(
+    "lg_put_writes",
+    "#!lua\n"
+    + _COMMON
+    + r"""
+local ns, cid = ARGV[1], ARGV[2]
+local base = ns .. US .. cid
+local xf = 'x' .. US .. base
+local listed = redis.call('HGET', KEYS[2], xf) or ''
+local added, halts = {}, false
+for i = 4, #ARGV, 4 do
+  local f = 'w' .. US .. base .. US .. ARGV[i]
+  if ARGV[i + 1] == '1' or redis.call('HEXISTS', KEYS[2], f) == 0 then
+    if redis.call('HSET', KEYS[2], f, ARGV[i + 2]) == 1 then added[#added + 1] = ARGV[i] end
+  end
+  if ARGV[i + 3] == '1' then halts = true end
+end
+if #added > 0 then
+  local joined = table.concat(added, RS)
+  if listed ~= '' then joined = listed .. RS .. joined end
+  redis.call('HSET', KEYS[2], xf, joined)
+end
+local mode = 0
+if ns == '' then
+  local hf = 'h' .. US .. base
+  if redis.call('HDEL', KEYS[2], hf) == 1 then mode = 2 end
+  if halts then redis.call('HSET', KEYS[2], hf, '1') end
+end
+slide(ARGV[3])
+return mode
+""",
+)
+
+_GET_BODY = r"""
+local ns, cid = ARGV[1], ARGV[2]
+if cid == '' then
+  local top = redis.call('ZREVRANGEBYLEX', KEYS[1], '(\1' .. ns .. '\32', '[\1' .. ns .. US,
+    'LIMIT', 0, 1)
+  if #top == 0 then return false end
+  cid = string.sub(top[1], #ns + 3)
+end
+local found = load(ns, cid)
+if found and ARGV[3] ~= '' then slide(ARGV[3]) end
+return found
+"""
+# ARGV: ns, id ('' = the latest), ttl_ms to slide ('' = no refresh). One checkpoint or nil.
+GET_TUPLE = Script("lg_get_tuple", "#!lua flags=no-writes\n" + _COMMON + _LOAD + _GET_BODY)
+GET_TUPLE_REFRESH = Script("lg_get_tuple", "#!lua\n" + _COMMON + _LOAD + _GET_BODY)
+
+_LIST_BODY = r"""
+local function same(a, b)
+  if type(a) ~= type(b) then return false end
+  if type(a) ~= 'table' then return a == b end
+  for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+  for k, _ in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+local function matches(raw, filter)
+  local ok, md = pcall(cjson.decode, raw or '')
+  if not ok or type(md) ~= 'table' then return false end
+  for k, want in pairs(filter) do
+    local have = md[k]
+    if want == cjson.null then
+      if have ~= nil and have ~= cjson.null then return false end
+    elseif have == nil or not same(have, want) then
+      return false
+    end
+  end
+  return true
+end
+local one_ns, ns, before, cursor = ARGV[1] == '1', ARGV[2], ARGV[3], ARGV[4]
+local want, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
+local filter = nil
+if ARGV[7] ~= '' then filter = cjson.decode(ARGV[7]) end
+local low, high
+if one_ns then
+  low, high = '[\1' .. ns .. US, '(\1' .. ns .. '\32'
+  if before ~= '' then high = '(\1' .. ns .. US .. before end
+else
+  low, high = '[\1', '(\2'
+end
+if cursor ~= '' then high = '(' .. cursor end
+local out, scanned, last = {}, 0, ''
+while scanned < budget do
+  local chunk = math.min(budget - scanned, 64)
+  if filter == nil and before == '' and want > 0 then chunk = math.min(chunk, want - #out) end
+  local members = redis.call('ZREVRANGEBYLEX', KEYS[1], high, low, 'LIMIT', 0, chunk)
+  for _, m in ipairs(members) do
+    scanned = scanned + 1
+    last = m
+    local base = string.sub(m, 2)
+    local sep = string.find(base, US, 1, true)
+    local mns, mid = string.sub(base, 1, sep - 1), string.sub(base, sep + 1)
+    if (before == '' or mid < before)
+      and (filter == nil or matches(redis.call('HGET', KEYS[2], 'm' .. US .. base), filter)) then
+      out[#out + 1] = load(mns, mid)
+      if want > 0 and #out >= want then
+        if ARGV[8] ~= '' then slide(ARGV[8]) end
+        return {out, m}
+      end
+    end
+  end
+  if #members < chunk then last = ''; break end
+  high = '(' .. last
+end
+if ARGV[8] ~= '' and #out > 0 then slide(ARGV[8]) end
+return {out, last}
+"""
+# ARGV: one namespace ('1') or all ('0'), ns, before id (''), cursor (exclusive upper member,
+# ''), wanted (0 = all), scan budget (members looked at in this call), filter JSON (''), ttl_ms
+# to slide (''). Returns {checkpoints newest first, cursor ('' when the index is exhausted)}.
+LIST = Script("lg_list", "#!lua flags=no-writes\n" + _COMMON + _LOAD + _LIST_BODY)
+LIST_REFRESH = Script("lg_list", "#!lua\n" + _COMMON + _LOAD + _LIST_BODY)
+
+# Every key of the thread, at once. Returns the number of keys removed.
+DELETE_THREAD = Script(
+    "lg_delete_thread",
+    "#!lua\nreturn redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])\n",
+)
+
+# ARGV: run id, ttl_ms. Removes the thread's checkpoints of that run (idempotent).
+DELETE_RUN_IN_THREAD = Script(
+    "lg_delete_for_runs",
+    "#!lua\n"
+    + _COMMON
+    + _DROP
+    + r"""
+local run = ARGV[1]
+local low, high = '[\2' .. run .. US, '(\2' .. run .. '\32'
+local refs = redis.call('ZRANGEBYLEX', KEYS[1], low, high)
+local bases = {}
+for _, ref in ipairs(refs) do bases[#bases + 1] = string.sub(ref, #run + 3) end
+drop(bases)
+redis.call('ZREMRANGEBYLEX', KEYS[1], low, high)
+redis.call('ZREM', KEYS[3], run)
+settle(ARGV[2])
+return #refs
+""",
+)
+
+# ARGV: strategy ('keep_latest' or 'delete'), ttl_ms. Returns the checkpoints removed.
+PRUNE_THREAD = Script(
+    "lg_prune",
+    "#!lua\n"
+    + _COMMON
+    + _DROP
+    + r"""
+local all = redis.call('ZRANGEBYLEX', KEYS[1], '[\1', '(\2')
+if ARGV[1] == 'delete' then
+  redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
+  return #all
+end
+local bases, prev_ns, prev = {}, nil, nil
+for _, m in ipairs(all) do
+  local base = string.sub(m, 2)
+  local ns = string.sub(base, 1, string.find(base, US, 1, true) - 1)
+  if prev and prev_ns == ns then bases[#bases + 1] = prev end
+  prev_ns, prev = ns, base
+end
+drop(bases)
+settle(ARGV[2])
+return #bases
+""",
+)
+
+# Copy, step 1 (source slot): the thread's keys as DUMP payloads and its runs, or nil.
+DUMP_THREAD = Script(
+    "lg_copy_thread",
+    r"""#!lua flags=no-writes
+local idx = redis.call('DUMP', KEYS[1])
+if not idx then return false end
+return {idx, redis.call('DUMP', KEYS[2]) or '', redis.call('DUMP', KEYS[3]) or '',
+  redis.call('ZRANGE', KEYS[3], 0, -1)}
+""",
+)
+
+# Copy, step 2 (target slot). ARGV: ttl_ms, idx, state, runs payloads. Replaces the target
+# thread; its runs are marked for a run-index refresh (score 0) until step 3 has registered them.
+RESTORE_THREAD = Script(
+    "lg_copy_thread",
+    r"""#!lua
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
+redis.call('RESTORE', KEYS[1], ARGV[1], ARGV[2], 'REPLACE')
+if ARGV[3] ~= '' then redis.call('RESTORE', KEYS[2], ARGV[1], ARGV[3], 'REPLACE') end
+if ARGV[4] ~= '' then
+  redis.call('RESTORE', KEYS[3], ARGV[1], ARGV[4], 'REPLACE')
+  for _, r in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do redis.call('ZADD', KEYS[3], 0, r) end
+end
+return 1
+""",
+)
+
+# Run index (the run's slot). ARGV: ttl_ms, thread ids. Adds them and slides the index's TTL.
+REGISTER_RUN = Script(
+    "lg_register_run",
+    r"""#!lua
+for i = 2, #ARGV do redis.call('SADD', KEYS[1], ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
+# Run index: the thread ids of a run.
+RUN_THREADS = Script(
+    "lg_run_threads",
+    "#!lua flags=no-writes\nreturn redis.call('SMEMBERS', KEYS[1])\n",
+)
+
+# Run index: forget threads whose checkpoints of the run are gone. ARGV: thread ids.
+FORGET_RUN_THREADS = Script(
+    "lg_forget_run_threads",
+    r"""#!lua
+for i = 1, #ARGV do redis.call('SREM', KEYS[1], ARGV[i]) end
+return redis.call('SCARD', KEYS[1])
+""",
+)

@@ -1,0 +1,396 @@
+"""The saver's I/O-free core: what each operation sends (``plan_*``) and what a reply means
+(``parse_*``).
+
+Nothing here awaits or touches a socket: a ``plan_*`` function returns the script, keys and
+arguments of one Redis call; a ``parse_*`` function turns the reply into LangGraph's types.
+The async shell (:mod:`sidecar.langgraph.saver`) only sends plans through
+:meth:`sidecar.Checkpointer.execute`; a synchronous shell can send the same plans.
+
+Stored formats (fields of the thread's state hash, see :mod:`sidecar.langgraph.keys`):
+
+* checkpoint record ``parent \\x1f type \\x1f bytes`` (the checkpoint without its channel values,
+  through the saver's ``serde``, so an ``EncryptedSerializer`` keeps working);
+* metadata as JSON (LangGraph's own savers keep it plain, so ``list(filter=...)`` can match it
+  on the server);
+* channel values ``type \\x1f bytes``, once per (namespace, channel, version);
+* writes ``task_path \\x1f channel \\x1f type \\x1f bytes``, keyed by (task id, idx).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_serializable_checkpoint_metadata,
+    writes_sort_key,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
+
+from sidecar.errors import SerializationError
+from sidecar.langgraph import lua
+from sidecar.langgraph.keys import (
+    US,
+    ThreadKeys,
+    check_part,
+    run_key,
+    thread_keys,
+)
+from sidecar.lua import Script
+from sidecar.store import Arg
+
+_USB = US.encode()
+_HALTING = frozenset({ERROR, INTERRUPT})
+# Index members one list call looks at: bounds the server time of a filtered list.
+LIST_SCAN_BUDGET = 256
+FRESH, RESUMED = "fresh", "resumed"
+_MODES = {1: FRESH, 2: RESUMED}
+
+
+class Plan(NamedTuple):
+    """One Redis call: a script, its keys and its arguments."""
+
+    script: Script
+    keys: tuple[str, ...]
+    args: tuple[Arg, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a config points: thread, namespace (None = every namespace) and checkpoint id."""
+
+    thread_id: str
+    ns: str | None
+    checkpoint_id: str | None
+
+
+def target(config: RunnableConfig, *, all_namespaces_if_absent: bool = False) -> Target:
+    """Read thread_id / checkpoint_ns / checkpoint_id from a LangGraph config."""
+    conf = config.get("configurable") or {}
+    thread = conf.get("thread_id")
+    if thread is None:
+        raise ValueError("config['configurable']['thread_id'] is required")
+    ns = conf.get("checkpoint_ns")
+    if ns is None and not all_namespaces_if_absent:
+        ns = ""
+    cid = conf.get("checkpoint_id") or None
+    return Target(
+        str(thread),
+        None if ns is None else check_part("checkpoint_ns", ns),
+        None if cid is None else check_part("checkpoint_id", cid),
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _raw(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _typed(serde: SerializerProtocol, value: Any) -> bytes:
+    kind, data = serde.dumps_typed(value)
+    return kind.encode() + _USB + data
+
+
+def _untyped(serde: SerializerProtocol, stored: bytes) -> Any:
+    kind, _, data = stored.partition(_USB)
+    return serde.loads_typed((kind.decode(), data))
+
+
+def thread_config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
+
+
+# --- put -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PutPlan:
+    plan: Plan
+    run_id: str | None
+    config: RunnableConfig
+
+
+def metadata_json(config: RunnableConfig, metadata: CheckpointMetadata) -> tuple[str, str | None]:
+    """Metadata as LangGraph merges it (config metadata included), as JSON; and its run id."""
+    merged = get_serializable_checkpoint_metadata(config, metadata)
+    try:
+        text = json.dumps(merged, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"checkpoint metadata is not JSON: {exc}") from exc
+    run = merged.get("run_id")
+    return text, None if run is None else check_part("run_id", str(run))
+
+
+def plan_put(
+    prefix: str,
+    serde: SerializerProtocol,
+    config: RunnableConfig,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    new_versions: ChannelVersions,
+    ttl_ms: int,
+    *,
+    run_registered: bool,
+) -> PutPlan:
+    """One checkpoint, the values of the channels that changed, its index entries."""
+    where = target(config)
+    ns = where.ns or ""
+    cid = check_part("checkpoint_id", checkpoint["id"])
+    parent = where.checkpoint_id or ""
+    stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+    record = parent.encode() + _USB + _typed(serde, stored)
+    md_text, run = metadata_json(config, metadata)
+    versions = US.join(
+        check_part("channel", ch) + US + str(ver)
+        for ch, ver in checkpoint["channel_versions"].items()
+    )
+    values = checkpoint["channel_values"]
+    args: list[Arg] = [
+        ns, cid, parent, record, md_text, versions, ttl_ms, run or "",
+        "1" if run_registered else "0", "1" if metadata.get("source") == "input" else "0",
+    ]  # fmt: skip
+    for ch, ver in new_versions.items():
+        args.append(check_part("channel", ch) + US + str(ver))
+        args.append(_typed(serde, values[ch]) if ch in values else b"empty" + _USB)
+    keys = thread_keys(prefix, where.thread_id)
+    return PutPlan(
+        Plan(lua.PUT_CHECKPOINT, keys.all, tuple(args)),
+        run,
+        thread_config(where.thread_id, ns, cid),
+    )
+
+
+def parse_put(reply: Sequence[Any]) -> tuple[str | None, list[str]]:
+    """(run mode counted by this put, or None; run ids whose run index needs a refresh)."""
+    mode = _MODES.get(int(reply[0]))
+    return mode, [_text(r) for r in reply[1]]
+
+
+# --- put_writes ------------------------------------------------------------------------------
+
+
+def plan_put_writes(
+    prefix: str,
+    serde: SerializerProtocol,
+    config: RunnableConfig,
+    writes: Sequence[tuple[str, Any]],
+    task_id: str,
+    task_path: str,
+    ttl_ms: int,
+) -> Plan:
+    where = target(config)
+    if where.checkpoint_id is None:
+        raise ValueError("put_writes needs config['configurable']['checkpoint_id']")
+    check_part("task_id", task_id)
+    check_part("task_path", task_path)
+    args: list[Arg] = [where.ns or "", where.checkpoint_id, ttl_ms]
+    for position, (channel, value) in enumerate(writes):
+        idx = WRITES_IDX_MAP.get(channel, position)
+        head = (task_path + US + check_part("channel", channel) + US).encode()
+        args += [
+            task_id + US + str(idx),
+            "1" if idx < 0 else "0",
+            head + _typed(serde, value),
+            "1" if channel in _HALTING else "0",
+        ]
+    return Plan(lua.PUT_WRITES, thread_keys(prefix, where.thread_id).all, tuple(args))
+
+
+def parse_put_writes(reply: Any) -> str | None:
+    return _MODES.get(int(reply))
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+def plan_get_tuple(prefix: str, config: RunnableConfig, refresh_ms: int | None) -> Plan:
+    where = target(config)
+    script = lua.GET_TUPLE if refresh_ms is None else lua.GET_TUPLE_REFRESH
+    args: tuple[Arg, ...] = (
+        where.ns or "", where.checkpoint_id or "", "" if refresh_ms is None else refresh_ms,
+    )  # fmt: skip
+    return Plan(script, thread_keys(prefix, where.thread_id).all, args)
+
+
+def parse_checkpoint(serde: SerializerProtocol, thread_id: str, entry: Any) -> CheckpointTuple:
+    """One loaded checkpoint ({ns, id, record, metadata, blobs, writes}) as LangGraph's tuple."""
+    ns, cid = _text(entry[0]), _text(entry[1])
+    parent_raw, _, typed = _raw(entry[2]).partition(_USB)
+    checkpoint = _untyped(serde, typed)
+    blobs = entry[4]
+    values: dict[str, Any] = {}
+    for i in range(0, len(blobs), 2):
+        stored = _raw(blobs[i + 1])
+        if not stored.startswith(b"empty" + _USB):
+            values[_text(blobs[i])] = _untyped(serde, stored)
+    checkpoint["channel_values"] = values
+    parent = parent_raw.decode()
+    return CheckpointTuple(
+        config=thread_config(thread_id, ns, cid),
+        checkpoint=checkpoint,
+        metadata=json.loads(_raw(entry[3])),
+        parent_config=thread_config(thread_id, ns, parent) if parent else None,
+        pending_writes=_pending_writes(serde, entry[5]),
+    )
+
+
+def _pending_writes(serde: SerializerProtocol, flat: Sequence[Any]) -> list[tuple[str, str, Any]]:
+    """Writes in LangGraph's order: (task_path, task_id, idx)."""
+    rows = []
+    for i in range(0, len(flat), 2):
+        task_id, _, idx = _text(flat[i]).rpartition(US)
+        path, channel, typed = _raw(flat[i + 1]).split(_USB, 2)
+        rows.append((writes_sort_key(path.decode(), task_id, int(idx)), channel.decode(), typed))
+    rows.sort(key=lambda row: row[0])
+    return [(key[1], channel, _untyped(serde, typed)) for key, channel, typed in rows]
+
+
+def parse_get_tuple(
+    serde: SerializerProtocol, thread_id: str, reply: Any
+) -> CheckpointTuple | None:
+    if not reply:
+        return None
+    return parse_checkpoint(serde, thread_id, reply)
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    """One ``list`` call, paged: each page is one script call scanning a bounded slice."""
+
+    thread_id: str
+    ns: str | None
+    before: str | None
+    limit: int | None
+    filter_json: str
+    refresh_ms: int | None
+
+
+def list_request(
+    config: RunnableConfig | None,
+    filter: Mapping[str, Any] | None,
+    before: RunnableConfig | None,
+    limit: int | None,
+    refresh_ms: int | None,
+) -> ListRequest:
+    if config is None:
+        raise ValueError(
+            "SidecarSaver.list needs a config with a thread_id: listing every thread would "
+            "need a scan of the keyspace, which this saver never does"
+        )
+    where = target(config, all_namespaces_if_absent=True)
+    before_id = None if before is None else target(before).checkpoint_id
+    if where.checkpoint_id is not None:  # a config naming one checkpoint lists only that one
+        before_id = None
+    try:
+        filter_json = json.dumps(dict(filter), separators=(",", ":")) if filter else ""
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"list filter is not JSON: {exc}") from exc
+    return ListRequest(where.thread_id, where.ns, before_id, limit, filter_json, refresh_ms)
+
+
+def plan_list_page(prefix: str, request: ListRequest, cursor: str, wanted: int) -> Plan:
+    args: tuple[Arg, ...] = (
+        "0" if request.ns is None else "1", request.ns or "", request.before or "", cursor,
+        wanted, LIST_SCAN_BUDGET, request.filter_json,
+        "" if request.refresh_ms is None else request.refresh_ms,
+    )  # fmt: skip
+    script = lua.LIST if request.refresh_ms is None else lua.LIST_REFRESH
+    return Plan(script, thread_keys(prefix, request.thread_id).all, args)
+
+
+def parse_list_page(reply: Sequence[Any]) -> tuple[list[Any], str]:
+    """(loaded checkpoints newest first, cursor for the next page or '' when done)."""
+    return list(reply[0]), _text(reply[1])
+
+
+# --- deletes, copy, prune, run index ---------------------------------------------------------
+
+
+def plan_delete_thread(prefix: str, thread_id: str) -> Plan:
+    return Plan(lua.DELETE_THREAD, thread_keys(prefix, thread_id).all, ())
+
+
+def plan_run_threads(prefix: str, run_id: str) -> Plan:
+    return Plan(lua.RUN_THREADS, (run_key(prefix, run_id),), ())
+
+
+def parse_run_threads(reply: Sequence[Any]) -> list[str]:
+    return sorted(_text(t) for t in reply)
+
+
+def plan_delete_run_in_thread(prefix: str, thread_id: str, run_id: str, ttl_ms: int) -> Plan:
+    args: tuple[Arg, ...] = (check_part("run_id", run_id), ttl_ms)
+    return Plan(lua.DELETE_RUN_IN_THREAD, thread_keys(prefix, thread_id).all, args)
+
+
+def plan_forget_run_threads(prefix: str, run_id: str, thread_ids: Sequence[str]) -> Plan:
+    return Plan(lua.FORGET_RUN_THREADS, (run_key(prefix, run_id),), tuple(thread_ids))
+
+
+def plan_register_run(prefix: str, run_id: str, thread_ids: Sequence[str], ttl_ms: int) -> Plan:
+    return Plan(lua.REGISTER_RUN, (run_key(prefix, run_id),), (ttl_ms, *thread_ids))
+
+
+def plan_prune(prefix: str, thread_id: str, strategy: str, ttl_ms: int) -> Plan:
+    if strategy not in ("keep_latest", "delete"):
+        raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
+    return Plan(lua.PRUNE_THREAD, thread_keys(prefix, thread_id).all, (strategy, ttl_ms))
+
+
+def plan_dump_thread(prefix: str, thread_id: str) -> Plan:
+    return Plan(lua.DUMP_THREAD, thread_keys(prefix, thread_id).all, ())
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadDump:
+    idx: bytes
+    state: bytes
+    runs: bytes
+    run_ids: list[str]
+
+
+def parse_dump_thread(reply: Any) -> ThreadDump | None:
+    if not reply:
+        return None
+    return ThreadDump(_raw(reply[0]), _raw(reply[1]), _raw(reply[2]), [_text(r) for r in reply[3]])
+
+
+def plan_restore_thread(prefix: str, thread_id: str, dump: ThreadDump, ttl_ms: int) -> Plan:
+    keys: ThreadKeys = thread_keys(prefix, thread_id)
+    return Plan(lua.RESTORE_THREAD, keys.all, (ttl_ms, dump.idx, dump.state, dump.runs))
+
+
+def metadata_matches(metadata: Mapping[str, Any], filter: Mapping[str, Any] | None) -> bool:
+    """The list filter: every key equal (what the list script checks on the server)."""
+    return not filter or all(metadata.get(k) == v for k, v in filter.items())
+
+
+def next_version(current: str | int | float | None) -> str:
+    """Channel versions as InMemorySaver makes them: ``<32-digit counter>.<16-digit random>``."""
+    import random
+
+    if current is None:
+        number = 0
+    elif isinstance(current, (int, float)):
+        number = int(current)
+    else:
+        number = int(current.split(".")[0])
+    return f"{number + 1:032}.{random.random():016}"
