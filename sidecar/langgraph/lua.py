@@ -36,16 +36,21 @@ local function slide(ttl)
 end
 """
 
-# One checkpoint as {ns, id, record, metadata, {channel, blob, ...}, {task\31idx, write, ...}}
-# or false: three HMGETs, whatever the thread's length.
+# One checkpoint as {ns, id, record, writes, {channel, value, ...}} or false: two HMGETs,
+# whatever the thread's length. The record starts with "metadata \30 versions \30": the
+# versions name the channel values to fetch.
 _LOAD = r"""
+local function versions_of(record)
+  local a = string.find(record, RS, 1, true)
+  local b = string.find(record, RS, a + 1, true)
+  return split(string.sub(record, a + 1, b - 1), US), string.sub(record, 1, a - 1)
+end
 local function load(ns, cid)
   local base = ns .. US .. cid
-  local got = redis.call('HMGET', KEYS[2], 'c' .. US .. base, 'm' .. US .. base,
-    'v' .. US .. base, 'x' .. US .. base)
+  local got = redis.call('HMGET', KEYS[2], 'c' .. US .. base, 'w' .. US .. base)
   if not got[1] then return false end
-  local blobs, writes = {}, {}
-  local vs = split(got[3], US)
+  local blobs = {}
+  local vs = versions_of(got[1])
   if #vs > 0 then
     local fields = {}
     for i = 1, #vs, 2 do fields[#fields + 1] = 'b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1] end
@@ -54,16 +59,7 @@ local function load(ns, cid)
       if vals[i] then blobs[#blobs + 1] = vs[2 * i - 1]; blobs[#blobs + 1] = vals[i] end
     end
   end
-  local ws = split(got[4], RS)
-  if #ws > 0 then
-    local fields = {}
-    for i = 1, #ws do fields[i] = 'w' .. US .. base .. US .. ws[i] end
-    local vals = redis.call('HMGET', KEYS[2], unpack(fields))
-    for i = 1, #ws do
-      if vals[i] then writes[#writes + 1] = ws[i]; writes[#writes + 1] = vals[i] end
-    end
-  end
-  return {ns, cid, got[1], got[2], blobs, writes}
+  return {ns, cid, got[1], got[2] or '', blobs}
 end
 """
 
@@ -76,28 +72,27 @@ local function drop(bases)
   local candidates = {}
   for _, base in ipairs(bases) do
     local ns = string.sub(base, 1, string.find(base, US, 1, true) - 1)
-    local got = redis.call('HMGET', KEYS[2], 'v' .. US .. base, 'x' .. US .. base,
-      'm' .. US .. base)
-    local vs = split(got[1], US)
-    for i = 1, #vs, 2 do candidates['b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1]] = true end
-    local dead = {'c' .. US .. base, 'm' .. US .. base, 'v' .. US .. base, 'x' .. US .. base,
-      'h' .. US .. base}
-    for _, w in ipairs(split(got[2], RS)) do dead[#dead + 1] = 'w' .. US .. base .. US .. w end
-    redis.call('HDEL', KEYS[2], unpack(dead))
-    redis.call('ZREM', KEYS[1], '\1' .. base)
-    if got[3] then
-      local ok, md = pcall(cjson.decode, got[3])
+    local record = redis.call('HGET', KEYS[2], 'c' .. US .. base)
+    if record then
+      local vs, md_json = versions_of(record)
+      for i = 1, #vs, 2 do candidates['b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1]] = true end
+      local ok, md = pcall(cjson.decode, md_json)
       if ok and type(md) == 'table' and type(md.run_id) == 'string' then
         redis.call('ZREM', KEYS[1], '\2' .. md.run_id .. US .. base)
       end
     end
+    redis.call('HDEL', KEYS[2], 'c' .. US .. base, 'w' .. US .. base, 'h' .. US .. base)
+    redis.call('ZREM', KEYS[1], '\1' .. base)
   end
   local left = redis.call('ZRANGEBYLEX', KEYS[1], '[\1', '(\2')
   for _, m in ipairs(left) do
     local base = string.sub(m, 2)
     local ns = string.sub(base, 1, string.find(base, US, 1, true) - 1)
-    local vs = split(redis.call('HGET', KEYS[2], 'v' .. US .. base), US)
-    for i = 1, #vs, 2 do candidates['b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1]] = nil end
+    local record = redis.call('HGET', KEYS[2], 'c' .. US .. base)
+    if record then
+      local vs = versions_of(record)
+      for i = 1, #vs, 2 do candidates['b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1]] = nil end
+    end
   end
   local gone = {}
   for f, _ in pairs(candidates) do gone[#gone + 1] = f end
@@ -112,9 +107,9 @@ local function settle(ttl)
 end
 """
 
-# ARGV: ns, id, parent, record (parent\31type\31bytes), metadata JSON, versions
-# (channel\31version\31...), ttl_ms, run id ('' none), run just registered ('1'/'0'),
-# source is input ('1'/'0'), then (channel\31version, value) pairs of the new versions.
+# ARGV: ns, id, parent, record (metadata \30 versions \30 parent \30 type \31 bytes), ttl_ms,
+# run id ('' none), run just registered ('1'/'0'), source is input ('1'/'0'), then
+# (channel\31version, value) pairs of the new versions.
 # Returns {mode (0 none, 1 fresh run, 2 resumed run), {runs whose run index needs a refresh}}.
 PUT_CHECKPOINT = Script(
     "lg_put",
@@ -123,45 +118,45 @@ PUT_CHECKPOINT = Script(
     + r"""
 local ns, cid, parent = ARGV[1], ARGV[2], ARGV[3]
 local base = ns .. US .. cid
-local fields = {'c' .. US .. base, ARGV[4], 'm' .. US .. base, ARGV[5], 'v' .. US .. base, ARGV[6]}
-for i = 11, #ARGV, 2 do
+local fields = {'c' .. US .. base, ARGV[4]}
+for i = 9, #ARGV, 2 do
   fields[#fields + 1] = 'b' .. US .. ns .. US .. ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('ZADD', KEYS[1], 0, '\1' .. base)
 local stale = {}
-local run = ARGV[8]
+local run = ARGV[6]
 if run ~= '' then
   redis.call('ZADD', KEYS[1], 0, '\2' .. run .. US .. base)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if ARGV[9] == '1' then
+  if ARGV[7] == '1' then
     redis.call('ZADD', KEYS[3], now, run)
   else
     redis.call('ZADD', KEYS[3], 'NX', 0, run)
   end
-  stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - math.floor(tonumber(ARGV[7]) / 2),
+  stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - math.floor(tonumber(ARGV[5]) / 2),
     'LIMIT', 0, 8)
   for _, r in ipairs(stale) do redis.call('ZADD', KEYS[3], now, r) end
 end
 local mode = 0
 if ns == '' then
-  if ARGV[10] == '1' then
+  if ARGV[8] == '1' then
     mode = 1
   elseif parent ~= '' and redis.call('HDEL', KEYS[2], 'h' .. US .. US .. parent) == 1 then
     mode = 2
   end
 end
-slide(ARGV[7])
+slide(ARGV[5])
 return {mode, stale}
 """,
 )
 
-# ARGV: ns, id, ttl_ms, then per write: task\31idx, overwrite ('1' for LangGraph's special
-# writes, negative idx), record (task_path\31channel\31type\31bytes), halts ('1' for ERROR and
-# INTERRUPT). A regular write already stored is kept (first write wins, as InMemorySaver).
-# Returns the run mode: 2 when this write resumes a halted root checkpoint, else 0.
+# ARGV: ns, id, ttl_ms, halts ('1' when an ERROR or INTERRUPT is among them), the writes as
+# one string of length-prefixed records, appended to the checkpoint's writes field. The reader
+# keeps the first of a regular (task, idx) and the last of a special one (negative idx), as
+# InMemorySaver does. Returns the run mode: 2 when this resumes a halted root checkpoint.
 PUT_WRITES = Script(
     "lg_put_writes",
     "#!lua\n"
@@ -169,26 +164,18 @@ PUT_WRITES = Script(
     + r"""
 local ns, cid = ARGV[1], ARGV[2]
 local base = ns .. US .. cid
-local xf = 'x' .. US .. base
-local listed = redis.call('HGET', KEYS[2], xf) or ''
-local added, halts = {}, false
-for i = 4, #ARGV, 4 do
-  local f = 'w' .. US .. base .. US .. ARGV[i]
-  if ARGV[i + 1] == '1' or redis.call('HEXISTS', KEYS[2], f) == 0 then
-    if redis.call('HSET', KEYS[2], f, ARGV[i + 2]) == 1 then added[#added + 1] = ARGV[i] end
-  end
-  if ARGV[i + 3] == '1' then halts = true end
-end
-if #added > 0 then
-  local joined = table.concat(added, RS)
-  if listed ~= '' then joined = listed .. RS .. joined end
-  redis.call('HSET', KEYS[2], xf, joined)
+local f = 'w' .. US .. base
+local listed = redis.call('HGET', KEYS[2], f)
+if listed then
+  redis.call('HSET', KEYS[2], f, listed .. ARGV[5])
+else
+  redis.call('HSET', KEYS[2], f, ARGV[5])
 end
 local mode = 0
 if ns == '' then
   local hf = 'h' .. US .. base
   if redis.call('HDEL', KEYS[2], hf) == 1 then mode = 2 end
-  if halts then redis.call('HSET', KEYS[2], hf, '1') end
+  if ARGV[4] == '1' then redis.call('HSET', KEYS[2], hf, '1') end
 end
 slide(ARGV[3])
 return mode
@@ -219,8 +206,10 @@ local function same(a, b)
   for k, _ in pairs(b) do if a[k] == nil then return false end end
   return true
 end
-local function matches(raw, filter)
-  local ok, md = pcall(cjson.decode, raw or '')
+local function matches(base, filter)
+  local record = redis.call('HGET', KEYS[2], 'c' .. US .. base)
+  if not record then return false end
+  local ok, md = pcall(cjson.decode, string.sub(record, 1, string.find(record, RS, 1, true) - 1))
   if not ok or type(md) ~= 'table' then return false end
   for k, want in pairs(filter) do
     local have = md[k]
@@ -255,8 +244,7 @@ while scanned < budget do
     local base = string.sub(m, 2)
     local sep = string.find(base, US, 1, true)
     local mns, mid = string.sub(base, 1, sep - 1), string.sub(base, sep + 1)
-    if (before == '' or mid < before)
-      and (filter == nil or matches(redis.call('HGET', KEYS[2], 'm' .. US .. base), filter)) then
+    if (before == '' or mid < before) and (filter == nil or matches(base, filter)) then
       out[#out + 1] = load(mns, mid)
       if want > 0 and #out >= want then
         if ARGV[8] ~= '' then slide(ARGV[8]) end
@@ -287,6 +275,7 @@ DELETE_RUN_IN_THREAD = Script(
     "lg_delete_for_runs",
     "#!lua\n"
     + _COMMON
+    + _LOAD
     + _DROP
     + r"""
 local run = ARGV[1]
@@ -307,6 +296,7 @@ PRUNE_THREAD = Script(
     "lg_prune",
     "#!lua\n"
     + _COMMON
+    + _LOAD
     + _DROP
     + r"""
 local all = redis.call('ZRANGEBYLEX', KEYS[1], '[\1', '(\2')

@@ -6,14 +6,17 @@ arguments of one Redis call; a ``parse_*`` function turns the reply into LangGra
 The async shell (:mod:`sidecar.langgraph.saver`) only sends plans through
 :meth:`sidecar.Checkpointer.execute`; a synchronous shell can send the same plans.
 
-Stored formats (fields of the thread's state hash, see :mod:`sidecar.langgraph.keys`):
+Stored formats (fields of the thread's state hash, see :mod:`sidecar.langgraph.keys`; ``|`` is
+``\\x1f``, ``/`` is ``\\x1e``):
 
-* checkpoint record ``parent \\x1f type \\x1f bytes`` (the checkpoint without its channel values,
-  through the saver's ``serde``, so an ``EncryptedSerializer`` keeps working);
-* metadata as JSON (LangGraph's own savers keep it plain, so ``list(filter=...)`` can match it
-  on the server);
-* channel values ``type \\x1f bytes``, once per (namespace, channel, version);
-* writes ``task_path \\x1f channel \\x1f type \\x1f bytes``, keyed by (task id, idx).
+* checkpoint ``c|ns|id`` = ``metadata / versions / parent / type | bytes``: metadata as JSON
+  (LangGraph's own savers keep it plain, so ``list(filter=...)`` matches it on the server), the
+  channel versions as ``channel|version|...`` (the script reads them to fetch the values), and
+  the checkpoint without its id, values and versions through the saver's ``serde`` (so an
+  ``EncryptedSerializer`` keeps working);
+* writes ``w|ns|id``: the checkpoint's writes, appended as length-prefixed records
+  ``<n>:task|idx|task_path|channel|type|bytes``;
+* channel values ``b|ns|channel|version`` = ``type | bytes``, once per (ns, channel, version).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 from sidecar.errors import SerializationError
 from sidecar.langgraph import lua
 from sidecar.langgraph.keys import (
+    RS,
     US,
     ThreadKeys,
     check_part,
@@ -49,6 +53,8 @@ from sidecar.lua import Script
 from sidecar.store import Arg
 
 _USB = US.encode()
+_RSB = RS.encode()
+_EMPTY = b"empty" + _USB
 _HALTING = frozenset({ERROR, INTERRUPT})
 # Index members one list call looks at: bounds the server time of a filtered list.
 LIST_SCAN_BUDGET = 256
@@ -121,11 +127,31 @@ def thread_config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig
 # --- put -------------------------------------------------------------------------------------
 
 
+def encode_version(version: str | int | float) -> str:
+    """A channel version as stored in field names: text as is, numbers tagged to come back."""
+    if isinstance(version, str):
+        return check_part("channel version", "#s" + version if version[:1] == "#" else version)
+    return f"#i{version}" if isinstance(version, int) else "#f" + repr(version)
+
+
+def decode_version(token: str) -> str | int | float:
+    if token[:1] != "#":
+        return token
+    kind, rest = token[1:2], token[2:]
+    return int(rest) if kind == "i" else float(rest) if kind == "f" else rest
+
+
 @dataclass(frozen=True, slots=True)
 class PutPlan:
     plan: Plan
     run_id: str | None
     config: RunnableConfig
+
+    def registered(self) -> PutPlan:
+        """The same put, telling the script the run index was just refreshed."""
+        args = list(self.plan.args)
+        args[6] = "1"
+        return PutPlan(self.plan._replace(args=tuple(args)), self.run_id, self.config)
 
 
 def metadata_json(config: RunnableConfig, metadata: CheckpointMetadata) -> tuple[str, str | None]:
@@ -140,37 +166,36 @@ def metadata_json(config: RunnableConfig, metadata: CheckpointMetadata) -> tuple
 
 
 def plan_put(
-    prefix: str,
+    keys: ThreadKeys,
     serde: SerializerProtocol,
     config: RunnableConfig,
     checkpoint: Checkpoint,
     metadata: CheckpointMetadata,
     new_versions: ChannelVersions,
     ttl_ms: int,
-    *,
-    run_registered: bool,
 ) -> PutPlan:
     """One checkpoint, the values of the channels that changed, its index entries."""
     where = target(config)
     ns = where.ns or ""
     cid = check_part("checkpoint_id", checkpoint["id"])
     parent = where.checkpoint_id or ""
-    stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
-    record = parent.encode() + _USB + _typed(serde, stored)
+    stored = {
+        k: v for k, v in checkpoint.items() if k not in ("channel_values", "channel_versions", "id")
+    }
     md_text, run = metadata_json(config, metadata)
     versions = US.join(
-        check_part("channel", ch) + US + str(ver)
+        check_part("channel", ch) + US + encode_version(ver)
         for ch, ver in checkpoint["channel_versions"].items()
     )
+    record = (md_text + RS + versions + RS + parent + RS).encode() + _typed(serde, stored)
     values = checkpoint["channel_values"]
     args: list[Arg] = [
-        ns, cid, parent, record, md_text, versions, ttl_ms, run or "",
-        "1" if run_registered else "0", "1" if metadata.get("source") == "input" else "0",
+        ns, cid, parent, record, ttl_ms, run or "", "0",
+        "1" if metadata.get("source") == "input" else "0",
     ]  # fmt: skip
     for ch, ver in new_versions.items():
-        args.append(check_part("channel", ch) + US + str(ver))
-        args.append(_typed(serde, values[ch]) if ch in values else b"empty" + _USB)
-    keys = thread_keys(prefix, where.thread_id)
+        args.append(check_part("channel", ch) + US + encode_version(ver))
+        args.append(_typed(serde, values[ch]) if ch in values else _EMPTY)
     return PutPlan(
         Plan(lua.PUT_CHECKPOINT, keys.all, tuple(args)),
         run,
@@ -188,7 +213,7 @@ def parse_put(reply: Sequence[Any]) -> tuple[str | None, list[str]]:
 
 
 def plan_put_writes(
-    prefix: str,
+    keys: ThreadKeys,
     serde: SerializerProtocol,
     config: RunnableConfig,
     writes: Sequence[tuple[str, Any]],
@@ -199,19 +224,19 @@ def plan_put_writes(
     where = target(config)
     if where.checkpoint_id is None:
         raise ValueError("put_writes needs config['configurable']['checkpoint_id']")
-    check_part("task_id", task_id)
-    check_part("task_path", task_path)
-    args: list[Arg] = [where.ns or "", where.checkpoint_id, ttl_ms]
+    head = check_part("task_id", task_id) + US
+    tail = US + check_part("task_path", task_path) + US
+    records = []
+    halts = "0"
     for position, (channel, value) in enumerate(writes):
         idx = WRITES_IDX_MAP.get(channel, position)
-        head = (task_path + US + check_part("channel", channel) + US).encode()
-        args += [
-            task_id + US + str(idx),
-            "1" if idx < 0 else "0",
-            head + _typed(serde, value),
-            "1" if channel in _HALTING else "0",
-        ]
-    return Plan(lua.PUT_WRITES, thread_keys(prefix, where.thread_id).all, tuple(args))
+        body = (head + str(idx) + tail + check_part("channel", channel) + US).encode()
+        body += _typed(serde, value)
+        records.append(b"%d:%b" % (len(body), body))
+        if channel in _HALTING:
+            halts = "1"
+    args: tuple[Arg, ...] = (where.ns or "", where.checkpoint_id, ttl_ms, halts, b"".join(records))
+    return Plan(lua.PUT_WRITES, keys.all, args)
 
 
 def parse_put_writes(reply: Any) -> str | None:
@@ -221,46 +246,58 @@ def parse_put_writes(reply: Any) -> str | None:
 # --- reads -----------------------------------------------------------------------------------
 
 
-def plan_get_tuple(prefix: str, config: RunnableConfig, refresh_ms: int | None) -> Plan:
+def plan_get_tuple(keys: ThreadKeys, config: RunnableConfig, refresh_ms: int | None) -> Plan:
     where = target(config)
     script = lua.GET_TUPLE if refresh_ms is None else lua.GET_TUPLE_REFRESH
     args: tuple[Arg, ...] = (
         where.ns or "", where.checkpoint_id or "", "" if refresh_ms is None else refresh_ms,
     )  # fmt: skip
-    return Plan(script, thread_keys(prefix, where.thread_id).all, args)
+    return Plan(script, keys.all, args)
 
 
 def parse_checkpoint(serde: SerializerProtocol, thread_id: str, entry: Any) -> CheckpointTuple:
-    """One loaded checkpoint ({ns, id, record, metadata, blobs, writes}) as LangGraph's tuple."""
+    """One loaded checkpoint ({ns, id, record, writes, values}) as LangGraph's tuple."""
     ns, cid = _text(entry[0]), _text(entry[1])
-    parent_raw, _, typed = _raw(entry[2]).partition(_USB)
+    md_raw, versions_raw, rest = _raw(entry[2]).split(_RSB, 2)
+    parent_raw, _, typed = rest.partition(_RSB)
     checkpoint = _untyped(serde, typed)
+    checkpoint["id"] = cid
+    tokens = versions_raw.decode().split(US) if versions_raw else []
+    checkpoint["channel_versions"] = {
+        tokens[i]: decode_version(tokens[i + 1]) for i in range(0, len(tokens), 2)
+    }
     blobs = entry[4]
     values: dict[str, Any] = {}
     for i in range(0, len(blobs), 2):
         stored = _raw(blobs[i + 1])
-        if not stored.startswith(b"empty" + _USB):
+        if stored != _EMPTY:
             values[_text(blobs[i])] = _untyped(serde, stored)
     checkpoint["channel_values"] = values
     parent = parent_raw.decode()
     return CheckpointTuple(
         config=thread_config(thread_id, ns, cid),
         checkpoint=checkpoint,
-        metadata=json.loads(_raw(entry[3])),
+        metadata=json.loads(md_raw),
         parent_config=thread_config(thread_id, ns, parent) if parent else None,
-        pending_writes=_pending_writes(serde, entry[5]),
+        pending_writes=_pending_writes(serde, _raw(entry[3])),
     )
 
 
-def _pending_writes(serde: SerializerProtocol, flat: Sequence[Any]) -> list[tuple[str, str, Any]]:
-    """Writes in LangGraph's order: (task_path, task_id, idx)."""
-    rows = []
-    for i in range(0, len(flat), 2):
-        task_id, _, idx = _text(flat[i]).rpartition(US)
-        path, channel, typed = _raw(flat[i + 1]).split(_USB, 2)
-        rows.append((writes_sort_key(path.decode(), task_id, int(idx)), channel.decode(), typed))
-    rows.sort(key=lambda row: row[0])
-    return [(key[1], channel, _untyped(serde, typed)) for key, channel, typed in rows]
+def _pending_writes(serde: SerializerProtocol, packed: bytes) -> list[tuple[str, str, Any]]:
+    """Writes in LangGraph's order (task_path, task_id, idx): the first of a regular write
+    stored twice (a retried put_writes), the last of a special one."""
+    found: dict[tuple[str, int], tuple[str, str, bytes]] = {}
+    pos = 0
+    while pos < len(packed):
+        colon = packed.index(b":", pos)
+        end = colon + 1 + int(packed[pos:colon])
+        task_id, idx_raw, path, channel, typed = packed[colon + 1 : end].split(_USB, 4)
+        key = (task_id.decode(), int(idx_raw))
+        if key[1] < 0 or key not in found:
+            found[key] = (path.decode(), channel.decode(), typed)
+        pos = end
+    rows = sorted(found.items(), key=lambda item: writes_sort_key(item[1][0], *item[0]))
+    return [(key[0], row[1], _untyped(serde, row[2])) for key, row in rows]
 
 
 def parse_get_tuple(
@@ -306,14 +343,14 @@ def list_request(
     return ListRequest(where.thread_id, where.ns, before_id, limit, filter_json, refresh_ms)
 
 
-def plan_list_page(prefix: str, request: ListRequest, cursor: str, wanted: int) -> Plan:
+def plan_list_page(keys: ThreadKeys, request: ListRequest, cursor: str, wanted: int) -> Plan:
     args: tuple[Arg, ...] = (
         "0" if request.ns is None else "1", request.ns or "", request.before or "", cursor,
         wanted, LIST_SCAN_BUDGET, request.filter_json,
         "" if request.refresh_ms is None else request.refresh_ms,
     )  # fmt: skip
     script = lua.LIST if request.refresh_ms is None else lua.LIST_REFRESH
-    return Plan(script, thread_keys(prefix, request.thread_id).all, args)
+    return Plan(script, keys.all, args)
 
 
 def parse_list_page(reply: Sequence[Any]) -> tuple[list[Any], str]:
@@ -384,7 +421,9 @@ def metadata_matches(metadata: Mapping[str, Any], filter: Mapping[str, Any] | No
 
 
 def next_version(current: str | int | float | None) -> str:
-    """Channel versions as InMemorySaver makes them: ``<32-digit counter>.<16-digit random>``."""
+    """``<12-digit counter>.<8 random hex digits>``: sorts as text as the counter does (as
+    InMemorySaver's 49-character versions do), in 21 characters, which every stored value's
+    field name carries. The random tail keeps two forks' values of one step apart."""
     import random
 
     if current is None:
@@ -393,4 +432,4 @@ def next_version(current: str | int | float | None) -> str:
         number = int(current)
     else:
         number = int(current.split(".")[0])
-    return f"{number + 1:032}.{random.random():016}"
+    return f"{number + 1:012d}.{random.getrandbits(32):08x}"

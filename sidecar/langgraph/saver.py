@@ -30,10 +30,11 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from sidecar.checkpointer import Checkpointer
 from sidecar.langgraph import plan as core
-from sidecar.langgraph.keys import thread_keys
+from sidecar.langgraph.keys import ThreadKeys, thread_keys
 
 T = TypeVar("T")
 _RUN_CACHE_LIMIT = 4096
+_KEY_CACHE_LIMIT = 4096
 
 
 class SidecarSaver(BaseCheckpointSaver[str]):
@@ -58,6 +59,7 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         self._ttl_ms = cfg.ttl_ms
         self._refresh_ms = cfg.ttl_ms if cfg.refresh_ttl_on_read else None
         self._runs: dict[tuple[str, str], float] = {}  # (thread, run) -> registered at
+        self._thread_keys: dict[str, ThreadKeys] = {}
         if loop is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -89,8 +91,8 @@ class SidecarSaver(BaseCheckpointSaver[str]):
     # --- async API ---------------------------------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        step = core.plan_get_tuple(self._prefix, config, self._refresh_ms)
         thread = core.target(config).thread_id
+        step = core.plan_get_tuple(self._keys(thread), config, self._refresh_ms)
         reply = await self._call("lg_get_tuple", step, thread)
         return core.parse_get_tuple(self.serde, thread, reply)
 
@@ -112,7 +114,9 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         remaining = limit
         cursor = ""
         while remaining is None or remaining > 0:
-            step = core.plan_list_page(self._prefix, request, cursor, remaining or 0)
+            step = core.plan_list_page(
+                self._keys(request.thread_id), request, cursor, remaining or 0
+            )
             reply = await self._call("lg_list", step, request.thread_id)
             entries, cursor = core.parse_list_page(reply)
             for entry in entries:
@@ -130,17 +134,16 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         thread = core.target(config).thread_id
-        _, run = core.metadata_json(config, metadata)
-        registered = False
+        put = core.plan_put(
+            self._keys(thread), self.serde, config, checkpoint, metadata, new_versions,
+            self._ttl_ms,
+        )  # fmt: skip
+        run = put.run_id
         if run is not None and not self._run_fresh(thread, run):
             # the run index first: a crash after it leaves an index entry, never a checkpoint
             # that delete_for_runs cannot find
             await self._register_run(run, [thread])
-            registered = True
-        put = core.plan_put(
-            self._prefix, self.serde, config, checkpoint, metadata, new_versions, self._ttl_ms,
-            run_registered=registered,
-        )  # fmt: skip
+            put = put.registered()
         mode, stale = core.parse_put(await self._call("lg_put", put.plan, thread))
         self._count_run(mode)
         for stale_run in stale:
@@ -154,10 +157,11 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
+        thread = core.target(config).thread_id
         step = core.plan_put_writes(
-            self._prefix, self.serde, config, writes, task_id, task_path, self._ttl_ms
+            self._keys(thread), self.serde, config, writes, task_id, task_path, self._ttl_ms
         )
-        reply = await self._call("lg_put_writes", step, core.target(config).thread_id)
+        reply = await self._call("lg_put_writes", step, thread)
         self._count_run(core.parse_put_writes(reply))
 
     async def adelete_thread(self, thread_id: str) -> None:
@@ -209,7 +213,16 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         InMemorySaver's, so two writers never produce the same version)."""
         return core.next_version(current)
 
-    # --- run index bookkeeping ---------------------------------------------------------------
+    # --- bookkeeping (no I/O) ----------------------------------------------------------------
+
+    def _keys(self, thread: str) -> ThreadKeys:
+        """The thread's keys, built once per thread (encoding them costs ~2 us a call)."""
+        keys = self._thread_keys.get(thread)
+        if keys is None:
+            if len(self._thread_keys) >= _KEY_CACHE_LIMIT:
+                self._thread_keys.clear()
+            keys = self._thread_keys[thread] = thread_keys(self._prefix, thread)
+        return keys
 
     def _run_fresh(self, thread: str, run: str) -> bool:
         at = self._runs.get((thread, run))

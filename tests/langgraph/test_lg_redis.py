@@ -154,8 +154,8 @@ async def test_channel_values_are_stored_once_per_version(
     saver: SidecarSaver, client: aioredis.Redis
 ) -> None:
     await fill(saver, "t1", 50, big="x" * 10_000)
-    # per checkpoint: record, metadata, versions; values: 'doc' once, 'step' 50 times
-    assert await client.hlen(thread_keys("lgt", "t1").state) == 3 * 50 + 1 + 50
+    # one record per checkpoint; values: 'doc' once, 'step' 50 times
+    assert await client.hlen(thread_keys("lgt", "t1").state) == 50 + 1 + 50
     assert await client.memory_usage(thread_keys("lgt", "t1").state) < 2 * 10_000 + 50 * 600
     latest = await saver.aget_tuple(config("t1"))
     assert latest is not None
@@ -204,8 +204,8 @@ async def test_prune_removes_unreferenced_values_only(
 ) -> None:
     await fill(saver, "t1", 5)
     await saver.aprune(["t1"])
-    # one checkpoint left: its record, metadata, versions, 'doc' v1 and 'step' v5
-    assert await client.hlen(thread_keys("lgt", "t1").state) == 5
+    # one checkpoint left: its record, 'doc' v1 and 'step' v5
+    assert await client.hlen(thread_keys("lgt", "t1").state) == 3
     latest = await saver.aget_tuple(config("t1"))
     assert latest is not None and latest.checkpoint["channel_values"]["step"] == 4
 
