@@ -8,13 +8,14 @@ Savers: ``SidecarSaver`` (OpenTelemetry SDK tracing on, BatchSpanProcessor), ``I
 ``langgraph-checkpoint-aws`` (``AsyncValkeySaver``). The state has four channels; one changes
 per step (``step``), three keep their first version (a 2 KB document, a plan, a list).
 
-For threads of 10, 100 and 1,000 checkpoints, each saver:
+The savers run side by side, call by call, in a rotating order (so drift in a shared machine
+hits all alike). For threads of 10, 100 and 1,000 checkpoints, each saver:
   * put and put_writes: timed over the second half of each thread's fill (enough threads of
     that length to give the same number of samples at every size);
   * get_tuple (latest) and list(limit=10): timed on a thread of exactly that length;
   * Redis bytes per checkpoint: MEMORY USAGE summed over the keys the saver wrote, divided by
-    the checkpoints (SidecarSaver's keys come from ``saver.thread_keys``; the competitors'
-    from SCAN of this private server, which is flushed between savers);
+    the checkpoints, each saver alone on the server (SidecarSaver's keys come from
+    ``saver.thread_keys``; the competitors' from SCAN of this private server);
 then a real 4-node StateGraph's wall time per ``ainvoke`` on a fresh thread.
 Timings are figures, never pass/fail.
 """
@@ -137,6 +138,10 @@ class Thread:
         self.config = dict(await self.saver.aput(config, cp, md, new))  # type: ignore[arg-type]
         return time.perf_counter() - start
 
+    def latest(self) -> dict[str, Any]:
+        return {"configurable": {"thread_id": self.config["configurable"]["thread_id"],
+                                 "checkpoint_ns": ""}}  # fmt: skip
+
     async def put_writes(self) -> float:
         writes = [("step", self.step), ("branch:to:writer", None)]
         start = time.perf_counter()
@@ -160,53 +165,68 @@ async def redis_bytes(admin: aioredis.Redis, keys: Sequence[bytes | str] | None)
     return total, len(keys)
 
 
+def rotated(names: Sequence[str], i: int) -> list[str]:
+    """The savers in a different order each round, so drift in the machine hits all alike."""
+    k = i % len(names)
+    return [*names[k:], *names[:k]]
+
+
 async def bench_size(
-    name: str, saver: Any, admin: aioredis.Redis, size: int, samples: int, reads: int
-) -> dict[str, Any]:
-    await admin.flushall()
+    savers: dict[str, Any], size: int, samples: int, reads: int
+) -> dict[str, dict[str, Any]]:
+    """Timings at one thread length, the savers interleaved call by call."""
+    names = list(savers)
     threads = max(1, -(-samples // max(1, size // 2)))
-    put_s: list[float] = []
-    writes_s: list[float] = []
-    ids = []
+    timings: dict[str, dict[str, list[float]]] = {n: {op: [] for op in OPS} for n in names}
+    first: dict[str, dict[str, Any]] = {}
     for t in range(threads):
-        thread = Thread(saver, f"bench-{size}-{t}")
-        ids.append(f"bench-{size}-{t}")
+        fills = {n: Thread(savers[n], f"bench-{size}-{t}") for n in names}
         for i in range(size):
-            took = await thread.put()
-            took_w = await thread.put_writes()
-            if i >= size - size // 2 or size == 1:
-                put_s.append(took)
-                writes_s.append(took_w)
-    latest = {"configurable": {"thread_id": ids[0], "checkpoint_ns": ""}}
-    get_s: list[float] = []
-    list_s: list[float] = []
-    for _ in range(reads):
-        get_s.append(await timed(lambda: saver.aget_tuple(latest)))
-        list_s.append(await timed(lambda: _drain(saver.alist(latest, limit=10))))
-    got = await saver.aget_tuple(latest)
-    listed = await _drain(saver.alist(latest, limit=10))
-    if got is None or got.checkpoint["channel_values"]["step"] != size - 1:
-        raise RuntimeError(f"{name}: get_tuple did not return the latest checkpoint")
-    if len(listed) != min(10, size):
-        raise RuntimeError(f"{name}: list(limit=10) returned {len(listed)} checkpoints")
-    figures: dict[str, Any] = {
-        "threads": threads,
-        "put": stats_ms(put_s),
-        "put_writes": stats_ms(writes_s),
-        "get_tuple": stats_ms(get_s),
-        "list": stats_ms(list_s),
-    }
-    if name != MEMORY:
-        own = None
-        if name == SIDECAR:
-            own = [k for t in ids for k in saver.thread_keys(t)]
-            own = [k for k in own if await admin.exists(k)]
-        used, nkeys = await redis_bytes(admin, own)
-        if own is not None and nkeys != (await redis_bytes(admin, None))[1]:
-            raise RuntimeError("SidecarSaver wrote a key outside saver.thread_keys()")
-        figures["bytes_per_checkpoint"] = used / (threads * size)
-        figures["keys_per_thread"] = nkeys / threads
-    return figures
+            for n in rotated(names, i):
+                took, took_w = await fills[n].put(), await fills[n].put_writes()
+                if i >= size - size // 2:
+                    timings[n]["put"].append(took)
+                    timings[n]["put_writes"].append(took_w)
+        if t == 0:
+            first = {n: fills[n].latest() for n in names}
+    for r in range(reads):
+        for n in rotated(names, r):
+            saver, latest = savers[n], first[n]
+            timings[n]["get_tuple"].append(
+                await timed(lambda s=saver, c=latest: s.aget_tuple(c))  # type: ignore[misc]
+            )
+            timings[n]["list"].append(
+                await timed(lambda s=saver, c=latest: _drain(s.alist(c, limit=10)))  # type: ignore[misc]
+            )
+    for n in names:  # every saver answered right (figures of a wrong answer mean nothing)
+        got = await savers[n].aget_tuple(first[n])
+        listed = await _drain(savers[n].alist(first[n], limit=10))
+        if got is None or got.checkpoint["channel_values"]["step"] != size - 1:
+            raise RuntimeError(f"{n}: get_tuple did not return the latest checkpoint")
+        if len(listed) != min(10, size):
+            raise RuntimeError(f"{n}: list(limit=10) returned {len(listed)} checkpoints")
+    return {n: {"threads": threads, **{op: stats_ms(timings[n][op]) for op in OPS}} for n in names}
+
+
+async def bytes_per_checkpoint(
+    name: str, saver: Any, admin: aioredis.Redis, size: int, threads: int
+) -> float:
+    """Fill ``threads`` threads of ``size`` checkpoints alone on the server; bytes each."""
+    await admin.flushall()
+    ids = [f"bytes-{size}-{t}" for t in range(threads)]
+    for thread_id in ids:
+        thread = Thread(saver, thread_id)
+        for _ in range(size):
+            await thread.put()
+            await thread.put_writes()
+    own = None
+    if name == SIDECAR:  # our keys, named without SCAN; checked against a SCAN of the server
+        own = [k for t in ids for k in saver.thread_keys(t) if await admin.exists(k)]
+    used, nkeys = await redis_bytes(admin, own)
+    if own is not None and nkeys != (await redis_bytes(admin, None))[1]:
+        raise RuntimeError("SidecarSaver wrote a key outside saver.thread_keys()")
+    await admin.flushall()
+    return used / (threads * size)
 
 
 async def _drain(iterator: AsyncIterator[Any]) -> list[Any]:
@@ -243,16 +263,17 @@ def report_graph(saver: Any) -> Any:
     return graph.compile(checkpointer=saver)
 
 
-async def bench_graph(saver: Any, runs: int) -> dict[str, float]:
-    app = report_graph(saver)
+async def bench_graph(savers: dict[str, Any], runs: int) -> dict[str, dict[str, float]]:
+    apps = {n: report_graph(saver) for n, saver in savers.items()}
     start_state = {"topic": "q3", "outline": "", "draft": "", "review": "", "final": ""}
-    samples = []
+    samples: dict[str, list[float]] = {n: [] for n in savers}
     for i in range(runs + 5):
         config = {"configurable": {"thread_id": f"graph-{i}"}}
-        took = await timed(lambda config=config: app.ainvoke(start_state, config))  # type: ignore[misc]
-        if i >= 5:
-            samples.append(took)
-    return stats_ms(samples)
+        for n in rotated(list(savers), i):
+            took = await timed(lambda n=n, c=config: apps[n].ainvoke(start_state, c))  # type: ignore[misc]
+            if i >= 5:
+                samples[n].append(took)
+    return {n: stats_ms(v) for n, v in samples.items()}
 
 
 async def run(url: str, quick: bool) -> dict[str, Any]:
@@ -267,17 +288,25 @@ async def run(url: str, quick: bool) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "server": server_version(await admin.info("server")),
         "sizes": list(sizes),
-        "savers": {},
+        "savers": {n: {} for n in (SIDECAR, MEMORY, PLAIN, AWS)},
     }
-    for name in (SIDECAR, MEMORY, PLAIN, AWS):
-        per: dict[str, Any] = {}
-        async with open_saver(name, url, provider) as saver:
-            for size in sizes:
-                per[str(size)] = await bench_size(name, saver, admin, size, samples, reads)
-                console.print(f"  {name}: {size} checkpoints done")
+    async with contextlib.AsyncExitStack() as stack:
+        savers = {
+            n: await stack.enter_async_context(open_saver(n, url, provider))
+            for n in figures["savers"]
+        }
+        for size in sizes:
             await admin.flushall()
-            per["graph"] = await bench_graph(saver, graph_runs)
-        figures["savers"][name] = per
+            for n, f in (await bench_size(savers, size, samples, reads)).items():
+                figures["savers"][n][str(size)] = f
+            console.print(f"  {size} checkpoints: timings done")
+            for n in (SIDECAR, PLAIN, AWS):
+                threads = figures["savers"][n][str(size)]["threads"]
+                figures["savers"][n][str(size)][
+                    "bytes_per_checkpoint"
+                ] = await bytes_per_checkpoint(n, savers[n], admin, size, threads)
+        for n, f in (await bench_graph(savers, graph_runs)).items():
+            figures["savers"][n]["graph"] = f
     await admin.aclose()
     provider.force_flush()
     figures["spans_exported"] = exporter.spans

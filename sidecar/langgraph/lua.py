@@ -29,6 +29,13 @@ local function split(s, sep)
     i = j + 1
   end
 end
+-- One string of "<length>:<bytes>" parts: a reply of one bulk string costs the client far
+-- less to read than an array of many (redis-py parses each element in Python).
+local function pack(parts)
+  local out = {}
+  for i = 1, #parts do out[i] = #parts[i] .. ':' .. parts[i] end
+  return table.concat(out)
+end
 local function slide(ttl)
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
@@ -36,7 +43,7 @@ local function slide(ttl)
 end
 """
 
-# One checkpoint as {ns, id, record, writes, {channel, value, ...}} or false: two HMGETs,
+# One checkpoint, packed: ns, id, record, writes, then channel, value, ... (or false): two HMGETs,
 # whatever the thread's length. The record starts with "metadata \30 versions \30": the
 # versions name the channel values to fetch.
 _LOAD = r"""
@@ -49,17 +56,17 @@ local function load(ns, cid)
   local base = ns .. US .. cid
   local got = redis.call('HMGET', KEYS[2], 'c' .. US .. base, 'w' .. US .. base)
   if not got[1] then return false end
-  local blobs = {}
+  local parts = {ns, cid, got[1], got[2] or ''}
   local vs = versions_of(got[1])
   if #vs > 0 then
     local fields = {}
     for i = 1, #vs, 2 do fields[#fields + 1] = 'b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1] end
     local vals = redis.call('HMGET', KEYS[2], unpack(fields))
     for i = 1, #fields do
-      if vals[i] then blobs[#blobs + 1] = vs[2 * i - 1]; blobs[#blobs + 1] = vals[i] end
+      if vals[i] then parts[#parts + 1] = vs[2 * i - 1]; parts[#parts + 1] = vals[i] end
     end
   end
-  return {ns, cid, got[1], got[2] or '', blobs}
+  return pack(parts)
 end
 """
 
@@ -110,7 +117,8 @@ end
 # ARGV: ns, id, parent, record (metadata \30 versions \30 parent \30 type \31 bytes), ttl_ms,
 # run id ('' none), run just registered ('1'/'0'), source is input ('1'/'0'), then
 # (channel\31version, value) pairs of the new versions.
-# Returns {mode (0 none, 1 fresh run, 2 resumed run), {runs whose run index needs a refresh}}.
+# Returns the run mode (0 none, 1 fresh run, 2 resumed run), or {mode, {runs whose run index
+# needs a refresh}} when some do.
 PUT_CHECKPOINT = Script(
     "lg_put",
     "#!lua\n"
@@ -149,6 +157,7 @@ if ns == '' then
   end
 end
 slide(ARGV[5])
+if #stale == 0 then return mode end
 return {mode, stale}
 """,
 )
@@ -248,7 +257,7 @@ while scanned < budget do
       out[#out + 1] = load(mns, mid)
       if want > 0 and #out >= want then
         if ARGV[8] ~= '' then slide(ARGV[8]) end
-        return {out, m}
+        return {pack(out), m}
       end
     end
   end
@@ -256,11 +265,11 @@ while scanned < budget do
   high = '(' .. last
 end
 if ARGV[8] ~= '' and #out > 0 then slide(ARGV[8]) end
-return {out, last}
+return {pack(out), last}
 """
 # ARGV: one namespace ('1') or all ('0'), ns, before id (''), cursor (exclusive upper member,
 # ''), wanted (0 = all), scan budget (members looked at in this call), filter JSON (''), ttl_ms
-# to slide (''). Returns {checkpoints newest first, cursor ('' when the index is exhausted)}.
+# to slide (''). Returns {checkpoints newest first (packed), cursor ('' when exhausted)}.
 LIST = Script("lg_list", "#!lua flags=no-writes\n" + _COMMON + _LOAD + _LIST_BODY)
 LIST_REFRESH = Script("lg_list", "#!lua\n" + _COMMON + _LOAD + _LIST_BODY)
 

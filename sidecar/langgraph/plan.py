@@ -203,10 +203,11 @@ def plan_put(
     )
 
 
-def parse_put(reply: Sequence[Any]) -> tuple[str | None, list[str]]:
+def parse_put(reply: Any) -> tuple[str | None, list[str]]:
     """(run mode counted by this put, or None; run ids whose run index needs a refresh)."""
-    mode = _MODES.get(int(reply[0]))
-    return mode, [_text(r) for r in reply[1]]
+    if isinstance(reply, int):
+        return _MODES.get(reply), []
+    return _MODES.get(int(reply[0])), [_text(r) for r in reply[1]]
 
 
 # --- put_writes ------------------------------------------------------------------------------
@@ -255,10 +256,23 @@ def plan_get_tuple(keys: ThreadKeys, config: RunnableConfig, refresh_ms: int | N
     return Plan(script, keys.all, args)
 
 
-def parse_checkpoint(serde: SerializerProtocol, thread_id: str, entry: Any) -> CheckpointTuple:
-    """One loaded checkpoint ({ns, id, record, writes, values}) as LangGraph's tuple."""
-    ns, cid = _text(entry[0]), _text(entry[1])
-    md_raw, versions_raw, rest = _raw(entry[2]).split(_RSB, 2)
+def unpack(packed: bytes) -> list[bytes]:
+    """The parts of a string packed by the scripts' ``pack``: ``<length>:<bytes>`` each."""
+    parts = []
+    pos, size = 0, len(packed)
+    while pos < size:
+        colon = packed.index(b":", pos)
+        end = colon + 1 + int(packed[pos:colon])
+        parts.append(packed[colon + 1 : end])
+        pos = end
+    return parts
+
+
+def parse_checkpoint(serde: SerializerProtocol, thread_id: str, packed: bytes) -> CheckpointTuple:
+    """One loaded checkpoint (ns, id, record, writes, then channel, value...) as a tuple."""
+    entry = unpack(packed)
+    ns, cid = entry[0].decode(), entry[1].decode()
+    md_raw, versions_raw, rest = entry[2].split(_RSB, 2)
     parent_raw, _, typed = rest.partition(_RSB)
     checkpoint = _untyped(serde, typed)
     checkpoint["id"] = cid
@@ -266,12 +280,10 @@ def parse_checkpoint(serde: SerializerProtocol, thread_id: str, entry: Any) -> C
     checkpoint["channel_versions"] = {
         tokens[i]: decode_version(tokens[i + 1]) for i in range(0, len(tokens), 2)
     }
-    blobs = entry[4]
     values: dict[str, Any] = {}
-    for i in range(0, len(blobs), 2):
-        stored = _raw(blobs[i + 1])
-        if stored != _EMPTY:
-            values[_text(blobs[i])] = _untyped(serde, stored)
+    for i in range(4, len(entry), 2):
+        if entry[i + 1] != _EMPTY:
+            values[entry[i].decode()] = _untyped(serde, entry[i + 1])
     checkpoint["channel_values"] = values
     parent = parent_raw.decode()
     return CheckpointTuple(
@@ -279,7 +291,7 @@ def parse_checkpoint(serde: SerializerProtocol, thread_id: str, entry: Any) -> C
         checkpoint=checkpoint,
         metadata=json.loads(md_raw),
         parent_config=thread_config(thread_id, ns, parent) if parent else None,
-        pending_writes=_pending_writes(serde, _raw(entry[3])),
+        pending_writes=_pending_writes(serde, entry[3]),
     )
 
 
@@ -305,7 +317,7 @@ def parse_get_tuple(
 ) -> CheckpointTuple | None:
     if not reply:
         return None
-    return parse_checkpoint(serde, thread_id, reply)
+    return parse_checkpoint(serde, thread_id, _raw(reply))
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,9 +365,9 @@ def plan_list_page(keys: ThreadKeys, request: ListRequest, cursor: str, wanted: 
     return Plan(script, keys.all, args)
 
 
-def parse_list_page(reply: Sequence[Any]) -> tuple[list[Any], str]:
-    """(loaded checkpoints newest first, cursor for the next page or '' when done)."""
-    return list(reply[0]), _text(reply[1])
+def parse_list_page(reply: Sequence[Any]) -> tuple[list[bytes], str]:
+    """(packed checkpoints newest first, cursor for the next page or '' when done)."""
+    return unpack(_raw(reply[0])), _text(reply[1])
 
 
 # --- deletes, copy, prune, run index ---------------------------------------------------------
