@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TTL of the abandoned runs' checkpoints (default 2)")  # fmt: skip
     parser.add_argument("--budget-ms", type=float, default=None, metavar="MS",
                         help=budget_help())  # fmt: skip
+    parser.add_argument("--langgraph", action="store_true",
+                        help="run the report as a LangGraph graph on SidecarSaver "
+                        "(examples/langgraph_report.py; needs the langgraph extra)")  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", dest="json_path",
                         help="also write the summary as JSON to PATH")  # fmt: skip
     display = parser.add_mutually_exclusive_group()
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         abandon_ttl_s=args.abandon_ttl,
         budget_ms=budget_ms,
         live=args.live,
+        langgraph=args.langgraph,
     )
     try:
         return run_demo(opts)
