@@ -29,11 +29,13 @@ local function split(s, sep)
     i = j + 1
   end
 end
--- One string of "<length>:<bytes>" parts: a reply of one bulk string costs the client far
--- less to read than an array of many (redis-py parses each element in Python).
+-- One string "<len>,<len>,...;<part><part>...": a reply of one bulk string costs the client
+-- far less to read than an array of many (redis-py parses each element in Python).
 local function pack(parts)
-  local out = {}
-  for i = 1, #parts do out[i] = #parts[i] .. ':' .. parts[i] end
+  local lens = {}
+  for i = 1, #parts do lens[i] = #parts[i] end
+  local out = {table.concat(lens, ','), ';'}
+  for i = 1, #parts do out[i + 2] = parts[i] end
   return table.concat(out)
 end
 local function slide(ttl)

@@ -39,7 +39,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
-from sidecar.errors import SerializationError
+from sidecar.errors import InvalidIdentifier, SerializationError
 from sidecar.langgraph import lua
 from sidecar.langgraph.keys import (
     RS,
@@ -52,6 +52,7 @@ from sidecar.langgraph.keys import (
 from sidecar.lua import Script
 from sidecar.store import Arg
 
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _USB = US.encode()
 _RSB = RS.encode()
 _EMPTY = b"empty" + _USB
@@ -129,8 +130,10 @@ def thread_config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig
 
 def encode_version(version: str | int | float) -> str:
     """A channel version as stored in field names: text as is, numbers tagged to come back."""
+    if type(version) is str and version[:1] != "#":  # the hot path: this saver's versions
+        return version
     if isinstance(version, str):
-        return check_part("channel version", "#s" + version if version[:1] == "#" else version)
+        return "#s" + version
     return f"#i{version}" if isinstance(version, int) else "#f" + repr(version)
 
 
@@ -158,7 +161,7 @@ def metadata_json(config: RunnableConfig, metadata: CheckpointMetadata) -> tuple
     """Metadata as LangGraph merges it (config metadata included), as JSON; and its run id."""
     merged = get_serializable_checkpoint_metadata(config, metadata)
     try:
-        text = json.dumps(merged, separators=(",", ":"), ensure_ascii=False)
+        text = _to_json(merged)
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"checkpoint metadata is not JSON: {exc}") from exc
     run = merged.get("run_id")
@@ -183,10 +186,9 @@ def plan_put(
         k: v for k, v in checkpoint.items() if k not in ("channel_values", "channel_versions", "id")
     }
     md_text, run = metadata_json(config, metadata)
-    versions = US.join(
-        check_part("channel", ch) + US + encode_version(ver)
-        for ch, ver in checkpoint["channel_versions"].items()
-    )
+    channel_versions = checkpoint["channel_versions"]
+    versions = US.join([ch + US + encode_version(ver) for ch, ver in channel_versions.items()])
+    _check_pairs("channel versions", versions, len(channel_versions))
     record = (md_text + RS + versions + RS + parent + RS).encode() + _typed(serde, stored)
     values = checkpoint["channel_values"]
     args: list[Arg] = [
@@ -194,13 +196,22 @@ def plan_put(
         "1" if metadata.get("source") == "input" else "0",
     ]  # fmt: skip
     for ch, ver in new_versions.items():
-        args.append(check_part("channel", ch) + US + encode_version(ver))
+        pair = ch + US + encode_version(ver)
+        _check_pairs("new versions", pair, 1)
+        args.append(pair)
         args.append(_typed(serde, values[ch]) if ch in values else _EMPTY)
     return PutPlan(
         Plan(lua.PUT_CHECKPOINT, keys.all, tuple(args)),
         run,
         thread_config(where.thread_id, ns, cid),
     )
+
+
+def _check_pairs(kind: str, joined: str, pairs: int) -> None:
+    """``joined`` is ``pairs`` channel/version pairs joined by the unit separator: one check
+    instead of one per name (this runs on every put)."""
+    if joined.count(US) != max(0, 2 * pairs - 1) or RS in joined:
+        raise InvalidIdentifier(f"{kind}: names and versions must not contain \\x1e or \\x1f")
 
 
 def parse_put(reply: Any) -> tuple[str | None, list[str]]:
@@ -257,13 +268,15 @@ def plan_get_tuple(keys: ThreadKeys, config: RunnableConfig, refresh_ms: int | N
 
 
 def unpack(packed: bytes) -> list[bytes]:
-    """The parts of a string packed by the scripts' ``pack``: ``<length>:<bytes>`` each."""
+    """The parts of a string packed by the scripts' ``pack``: ``<len>,<len>...;<parts>``."""
+    semi = packed.index(b";")
+    if semi == 0:
+        return []
     parts = []
-    pos, size = 0, len(packed)
-    while pos < size:
-        colon = packed.index(b":", pos)
-        end = colon + 1 + int(packed[pos:colon])
-        parts.append(packed[colon + 1 : end])
+    pos = semi + 1
+    for size in map(int, packed[:semi].split(b",")):
+        end = pos + size
+        parts.append(packed[pos:end])
         pos = end
     return parts
 
