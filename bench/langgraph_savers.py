@@ -3,7 +3,8 @@ module-free Redis savers a LangGraph user would pick instead, with InMemorySaver
 
     python bench/langgraph_savers.py [--quick] [--json PATH] [--server BINARY]
 
-Savers: ``SidecarSaver`` (OpenTelemetry SDK tracing on, BatchSpanProcessor), ``InMemorySaver``,
+Savers: ``SidecarSaver`` (OpenTelemetry SDK tracing on, BatchSpanProcessor; and again with a
+no-op tracer, to show what the SDK span costs), ``InMemorySaver``,
 ``langgraph-checkpoint-plainredis`` (``AsyncRedisSaver``) and the Valkey saver of
 ``langgraph-checkpoint-aws`` (``AsyncValkeySaver``). The state has four channels; one changes
 per step (``step``), three keep their first version (a 2 KB document, a plan, a list).
@@ -45,6 +46,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import NoOpTracerProvider
 from prometheus_client import CollectorRegistry
 
 from sidecar import CheckpointConfig, Checkpointer
@@ -53,6 +55,7 @@ from sidecar.langgraph import SidecarSaver
 SIZES = (10, 100, 1000)
 OPS = ("put", "put_writes", "get_tuple", "list")
 SIDECAR = "SidecarSaver"
+SIDECAR_NOOP = "SidecarSaver, no-op tracer"
 MEMORY = "InMemorySaver"
 PLAIN = "plainredis"
 AWS = "aws ValkeySaver"
@@ -78,10 +81,12 @@ class DropExporter(SpanExporter):
 async def open_saver(name: str, url: str, provider: TracerProvider) -> AsyncIterator[Any]:
     """Each saver as its own documentation builds it (no TTL for the competitors: their
     TTL is extra commands per write; ours is inside the one script)."""
-    if name == SIDECAR:
-        cfg = CheckpointConfig(key_prefix="bench-lg", budget_ms=1000, ttl_seconds=86400)
+    if name in (SIDECAR, SIDECAR_NOOP):
+        prefix = "bench-lg" if name == SIDECAR else "bench-lg-noop"
+        cfg = CheckpointConfig(key_prefix=prefix, budget_ms=1000, ttl_seconds=86400)
+        tracing = provider if name == SIDECAR else NoOpTracerProvider()
         async with Checkpointer.from_url(
-            url, config=cfg, registry=CollectorRegistry(), tracer_provider=provider
+            url, config=cfg, registry=CollectorRegistry(), tracer_provider=tracing
         ) as cp:
             yield SidecarSaver(cp)
     elif name == MEMORY:
@@ -288,7 +293,7 @@ async def run(url: str, quick: bool) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "server": server_version(await admin.info("server")),
         "sizes": list(sizes),
-        "savers": {n: {} for n in (SIDECAR, MEMORY, PLAIN, AWS)},
+        "savers": {n: {} for n in (SIDECAR, SIDECAR_NOOP, MEMORY, PLAIN, AWS)},
     }
     async with contextlib.AsyncExitStack() as stack:
         savers = {
@@ -319,7 +324,7 @@ def verdict(figures: dict[str, Any]) -> dict[str, Any]:
     savers = figures["savers"]
     big = str(figures["sizes"][-1])
     small = str(figures["sizes"][0])
-    redis_savers = [n for n in savers if n != MEMORY]
+    redis_savers = [n for n in savers if n not in (MEMORY, SIDECAR_NOOP)]
     fastest = {op: min(redis_savers, key=lambda n: savers[n][big][op]["p50_ms"]) for op in OPS}
     ours = savers[SIDECAR]
     flat = {op: ours[big][op]["p50_ms"] / ours[small][op]["p50_ms"] for op in ("get_tuple", "list")}
@@ -356,7 +361,7 @@ def main() -> None:
             [
                 (name, *(f"{per[str(s)]['bytes_per_checkpoint']:,.0f} B" for s in figures["sizes"]))
                 for name, per in savers.items()
-                if name != MEMORY
+                if "bytes_per_checkpoint" in per[str(figures["sizes"][0])]
             ],
         )
     )

@@ -19,6 +19,15 @@ from sidecar.lua import Script
 
 _COMMON = r"""
 local US, RS = '\31', '\30'
+local function slide(ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+"""
+# Helpers of the scripts that read checkpoints (not defined in the write scripts, which run
+# on every step: each function definition is a closure made on every call).
+_READ = r"""
 local function split(s, sep)
   local out, i = {}, 1
   if not s or s == '' then return out end
@@ -38,17 +47,14 @@ local function pack(parts)
   for i = 1, #parts do out[i + 2] = parts[i] end
   return table.concat(out)
 end
-local function slide(ttl)
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  redis.call('PEXPIRE', KEYS[3], ttl)
-end
 """
 
 # One checkpoint, packed: ns, id, record, writes, then channel, value, ... (or false): two HMGETs,
 # whatever the thread's length. The record starts with "metadata \30 versions \30": the
 # versions name the channel values to fetch.
-_LOAD = r"""
+_LOAD = (
+    _READ
+    + r"""
 local function versions_of(record)
   local a = string.find(record, RS, 1, true)
   local b = string.find(record, RS, a + 1, true)
@@ -71,6 +77,7 @@ local function load(ns, cid)
   return pack(parts)
 end
 """
+)
 
 # Remove checkpoints (given as ns\31id) with their writes, run references and markers, then
 # the channel values no remaining checkpoint refers to. O(remaining) for the value sweep:
