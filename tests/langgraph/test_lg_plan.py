@@ -100,3 +100,17 @@ def test_put_plan_refuses_separators_in_names() -> None:
 def test_list_of_every_thread_is_refused() -> None:
     with pytest.raises(ValueError, match="scan of the keyspace"):
         core.list_request(None, None, None, None, None)
+
+
+def test_import_without_langgraph_names_the_extra() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['langgraph.checkpoint.base'] = None\n"
+        "try:\n    import sidecar.langgraph\nexcept ImportError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "pip install 'checkpoint-sidecar[langgraph]'" in out
