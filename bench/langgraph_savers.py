@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypedDict
 
 import redis.asyncio as aioredis
@@ -332,8 +333,48 @@ def verdict(figures: dict[str, Any]) -> dict[str, Any]:
     return {"fastest_at_largest": fastest, "growth_small_to_large": flat, "leanest": leanest}
 
 
+def markdown(figures: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks.md, from one run's figures."""
+    sizes, savers = figures["sizes"], figures["savers"]
+    head = "| saver | " + " | ".join(f"{s} checkpoints" for s in sizes) + " |\n"
+    rule = "|---|" + "---:|" * len(sizes) + "\n"
+    out = []
+    for op in OPS:
+        rows = "".join(
+            f"| {name} | "
+            + " | ".join(
+                f"{fmt_ms(per[str(s)][op]['p50_ms'])} / {fmt_ms(per[str(s)][op]['p99_ms'])}"
+                for s in sizes
+            )
+            + " |\n"
+            for name, per in savers.items()
+        )
+        out.append(f"**{op}** (p50 / p99)\n\n{head}{rule}{rows}")
+    rows = "".join(
+        f"| {name} | "
+        + " | ".join(f"{per[str(s)]['bytes_per_checkpoint']:,.0f} B" for s in sizes)
+        + " |\n"
+        for name, per in savers.items()
+        if "bytes_per_checkpoint" in per[str(sizes[0])]
+    )
+    out.append(f"**Redis bytes per checkpoint** (MEMORY USAGE summed)\n\n{head}{rule}{rows}")
+    rows = "".join(
+        f"| {n} | {fmt_ms(p['graph']['p50_ms'])} | {fmt_ms(p['graph']['p99_ms'])} |\n"
+        for n, p in savers.items()
+    )
+    out.append(
+        "**4-node StateGraph, wall time per ainvoke**\n\n| saver | p50 | p99 |\n|---|---:|---:|\n"
+        + rows
+    )
+    return "\n".join(out)
+
+
 def main() -> None:
-    args = parser(__doc__.split("\n\n")[0]).parse_args()
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--markdown", type=Path, metavar="PATH", help="also write the tables as Markdown"
+    )
+    args = p.parse_args()
     with bench_server(binary=args.server) as server:
         figures = asyncio.run(run(server.url, args.quick))
     figures["machine"] = machine()
@@ -385,6 +426,8 @@ def main() -> None:
         f"{figures['spans_exported']}"
     )
     write_json(args.json, figures)
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(figures))
 
 
 if __name__ == "__main__":
