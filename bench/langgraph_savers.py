@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -301,8 +302,10 @@ async def run(url: str, quick: bool) -> dict[str, Any]:
             n: await stack.enter_async_context(open_saver(n, url, provider))
             for n in figures["savers"]
         }
+        await bench_size(savers, 20, 20, 20)  # warm-up: connections, scripts, first-call costs
         for size in sizes:
             await admin.flushall()
+            gc.collect()
             for n, f in (await bench_size(savers, size, samples, reads)).items():
                 figures["savers"][n][str(size)] = f
             console.print(f"  {size} checkpoints: timings done")
