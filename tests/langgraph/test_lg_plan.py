@@ -102,15 +102,19 @@ def test_list_of_every_thread_is_refused() -> None:
         core.list_request(None, None, None, None, None)
 
 
-def test_import_without_langgraph_names_the_extra() -> None:
+def test_import_without_langgraph_names_the_extra_and_keys_still_load() -> None:
     import subprocess
     import sys
 
     code = (
         "import sys; sys.modules['langgraph.checkpoint.base'] = None\n"
-        "try:\n    import sidecar.langgraph\nexcept ImportError as exc:\n    print(exc)\n"
+        "from sidecar.langgraph.keys import parse_thread_key\n"  # what the watcher needs
+        "print(parse_thread_key('p', 'p:lg:{t%201}:idx'))\n"
+        "try:\n    from sidecar.langgraph import SidecarSaver\n"
+        "except ImportError as exc:\n    print(exc)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     ).stdout
+    assert "ParsedThreadKey(thread_id='t 1', kind='idx')" in out
     assert "pip install 'checkpoint-sidecar[langgraph]'" in out
