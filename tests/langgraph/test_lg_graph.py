@@ -7,12 +7,13 @@ import asyncio
 from typing import Any, TypedDict
 
 import pytest
+from cluster_support import LocalCluster
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
-from lg_support import lg_cp_fixture, saver_fixture  # noqa: F401  (fixtures)
+from lg_support import lg_config, lg_cp_fixture, saver_fixture  # noqa: F401  (fixtures)
 from prometheus_client import CollectorRegistry
 
-from sidecar import names
+from sidecar import Checkpointer, names
 from sidecar.langgraph import SidecarSaver
 
 
@@ -115,3 +116,29 @@ async def test_state_survives_a_new_saver(saver: SidecarSaver) -> None:
     result = await build(other, calls, fail_once=False, ask=False).ainvoke(None, config)
     assert result == {"text": "x outline draft", "approved": 1}
     assert calls == {"outline": 1, "draft": 2, "review": 1}
+
+
+@pytest.mark.timeout(180)
+async def test_crash_and_resume_on_the_cluster(redis_cluster: LocalCluster) -> None:
+    """The same graph on the 3+3 cluster: every call of a thread goes to its one slot."""
+    redis_cluster.flushall()
+    registry = CollectorRegistry()
+    async with Checkpointer.from_url(
+        redis_cluster.url, config=lg_config("lgc"), registry=registry
+    ) as cp:
+        saver = SidecarSaver(cp)
+        calls = {"outline": 0, "draft": 0, "review": 0}
+        app = build(saver, calls, fail_once=True, ask=False)
+        for n in range(3):  # threads on different slots
+            config = {"configurable": {"thread_id": f"cluster-{n}"}}
+            with pytest.raises(RuntimeError):
+                await app.ainvoke({"text": "q", "approved": 0}, config)
+            assert (await app.ainvoke(None, config))["text"] == "q outline draft"
+            app = build(saver, calls, fail_once=True, ask=False)  # fail again next thread
+        assert calls == {"outline": 3, "draft": 6, "review": 3}
+        assert runs_started(registry, "resumed") == 3
+        await saver.acopy_thread("cluster-0", "cluster-copy")
+        history = [
+            s async for s in app.aget_state_history({"configurable": {"thread_id": "cluster-copy"}})
+        ]
+        assert history[0].values == {"text": "q outline draft", "approved": 1}
