@@ -1,20 +1,24 @@
 """SidecarSaver: LangGraph's ``BaseCheckpointSaver`` on plain Redis, through a Checkpointer.
 
-The async methods are a thin shell: each builds a plan (:mod:`sidecar.langgraph.plan`), sends
-it through :meth:`sidecar.Checkpointer.execute` (breaker, span, histogram, budget: the same path
-as the core verbs, with ``lg_*`` operation labels) and parses the reply. An outage always
-raises (``CheckpointUnavailable`` / ``CheckpointTimeout``), whatever ``strict`` says: a read
-answering "no checkpoint" would make LangGraph start an existing thread over.
+Two thin shells over the same I/O-free flows (:mod:`sidecar.langgraph.flows`): each method
+runs its flow, sending every step as an op through the Checkpointer's one instrumented path
+(``perform``: breaker, span, histogram, budget, with ``lg_*`` operation labels).
 
-The sync methods run the async ones on the Checkpointer's event loop from another thread
-(``asyncio.run_coroutine_threadsafe``, as LangGraph's ``AsyncPostgresSaver`` does), and raise
-``asyncio.InvalidStateError`` when called on that loop's own thread instead of deadlocking.
+* With a :class:`sidecar.Checkpointer` (asyncio) the async methods await each step; the sync
+  methods run the async ones on the Checkpointer's event loop from another thread
+  (``asyncio.run_coroutine_threadsafe``, as LangGraph's ``AsyncPostgresSaver`` does) and raise
+  ``asyncio.InvalidStateError`` on the loop's own thread instead of deadlocking.
+* With a :class:`sidecar.SyncCheckpointer` the sync methods send each step from the calling
+  thread; the async methods run the sync ones in a worker thread (``asyncio.to_thread``).
+
+An outage always raises (``CheckpointUnavailable`` / ``CheckpointTimeout``), whatever
+``strict`` says: a read answering "no checkpoint" would make LangGraph start an existing
+thread over.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -29,72 +33,96 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from sidecar.checkpointer import Checkpointer
+from sidecar.core.ops import Op, script_call
 from sidecar.langgraph import plan as core
-from sidecar.langgraph.keys import ThreadKeys, thread_keys
+from sidecar.langgraph.flows import Emit, Flow, Flows, Step
+from sidecar.sync.checkpointer import SyncCheckpointer
 
 T = TypeVar("T")
-_RUN_CACHE_LIMIT = 4096
-_KEY_CACHE_LIMIT = 4096
 
 
 class SidecarSaver(BaseCheckpointSaver[str]):
     """A LangGraph checkpointer that stores threads in Redis through ``checkpointer``.
 
-    Uses the checkpointer's client, key prefix, TTL (``ttl_seconds``, sliding on writes;
-    ``refresh_ttl_on_read``), budget, breakers and telemetry. The checkpointer stays the
-    caller's to close. ``serde`` defaults to LangGraph's ``JsonPlusSerializer``.
+    ``checkpointer`` is a :class:`~sidecar.Checkpointer` (``ainvoke``, and ``invoke`` from a
+    worker thread) or a :class:`~sidecar.SyncCheckpointer` (``invoke`` from any thread). The
+    saver uses its client, key prefix, TTL (``ttl_seconds``, sliding on writes;
+    ``refresh_ttl_on_read``), budget, breakers and telemetry; it stays the caller's to close.
+    ``serde`` defaults to LangGraph's ``JsonPlusSerializer``.
     """
 
     def __init__(
         self,
-        checkpointer: Checkpointer,
+        checkpointer: Checkpointer | SyncCheckpointer,
         *,
         serde: SerializerProtocol | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(serde=serde)
         self.checkpointer = checkpointer
-        cfg = checkpointer.config
-        self._prefix = cfg.key_prefix
-        self._ttl_ms = cfg.ttl_ms
-        self._refresh_ms = cfg.ttl_ms if cfg.refresh_ttl_on_read else None
-        self._runs: dict[tuple[str, str], float] = {}  # (thread, run) -> registered at
-        self._thread_keys: dict[str, ThreadKeys] = {}
-        if loop is None:
+        self.flows = Flows(checkpointer.config, checkpointer.telemetry.metrics)
+        self._threaded = isinstance(checkpointer, SyncCheckpointer)
+        if loop is None and not self._threaded:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
         self.loop = loop
 
-    # --- the one way to Redis ----------------------------------------------------------------
+    def _op(self, step: Step) -> Op[Any]:
+        plan = step.plan
+        return Op(
+            step.operation,
+            script_call(plan.script, plan.keys, plan.args),
+            ids=(step.label, ""),
+            slot=self.checkpointer.store.slot(plan.keys[0]),
+            nothing=None,
+            always_raise=True,  # an outage is never "no checkpoint"
+        )
 
-    async def _call(self, operation: str, step: core.Plan, thread_label: str) -> Any:
+    # --- the async shell -------------------------------------------------------------------
+
+    async def _run(self, flow: Flow[T]) -> T:
+        if self._threaded:
+            return await asyncio.to_thread(self._run_sync, flow)
+        cp = self.checkpointer
+        assert isinstance(cp, Checkpointer)
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
+        reply: Any = None
+        try:
+            while True:
+                item = flow.send(reply)
+                reply = await cp.perform(self._op(item)) if isinstance(item, Step) else None
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            flow.close()
+
+    async def _stream(self, flow: Flow[None]) -> AsyncIterator[CheckpointTuple]:
+        if self._threaded:
+            for found in await asyncio.to_thread(lambda: list(self._stream_sync(flow))):
+                yield found
+            return
         cp = self.checkpointer
-        result, error = await cp.execute(
-            operation,
-            "EVALSHA",
-            lambda: cp.store.run_script(step.script, step.keys, step.args),
-            ids=(thread_label, ""),
-            slot=cp.store.slot(step.keys[0]),
-        )
-        if error is not None:
-            raise error
-        return result
-
-    def _count_run(self, mode: str | None) -> None:
-        if mode is not None:
-            self.checkpointer.telemetry.metrics.runs_started.labels(mode).inc()
-
-    # --- async API ---------------------------------------------------------------------------
+        assert isinstance(cp, Checkpointer)
+        reply: Any = None
+        try:
+            while True:
+                try:
+                    item = flow.send(reply)
+                except StopIteration:
+                    return
+                if isinstance(item, Emit):
+                    reply = None
+                    yield item.value
+                else:
+                    reply = await cp.perform(self._op(item))
+        finally:
+            flow.close()
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        thread = core.target(config).thread_id
-        step = core.plan_get_tuple(self._keys(thread), config, self._refresh_ms)
-        reply = await self._call("lg_get_tuple", step, thread)
-        return core.parse_get_tuple(self.serde, thread, reply)
+        return await self._run(self.flows.get_tuple(self.serde, config))
 
     async def alist(
         self,
@@ -104,27 +132,8 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        request = core.list_request(config, filter, before, limit, self._refresh_ms)
-        assert config is not None  # list_request refused None
-        if core.target(config).checkpoint_id is not None:
-            found = await self.aget_tuple(config)
-            if found is not None and core.metadata_matches(found.metadata, filter):
-                yield found
-            return
-        remaining = limit
-        cursor = ""
-        while remaining is None or remaining > 0:
-            step = core.plan_list_page(
-                self._keys(request.thread_id), request, cursor, remaining or 0
-            )
-            reply = await self._call("lg_list", step, request.thread_id)
-            entries, cursor = core.parse_list_page(reply)
-            for entry in entries:
-                yield core.parse_checkpoint(self.serde, request.thread_id, entry)
-            if remaining is not None:
-                remaining -= len(entries)
-            if not cursor:
-                return
+        async for item in self._stream(self.flows.list(self.serde, config, filter, before, limit)):
+            yield item
 
     async def aput(
         self,
@@ -133,22 +142,9 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        thread = core.target(config).thread_id
-        put = core.plan_put(
-            self._keys(thread), self.serde, config, checkpoint, metadata, new_versions,
-            self._ttl_ms,
-        )  # fmt: skip
-        run = put.run_id
-        if run is not None and not self._run_fresh(thread, run):
-            # the run index first: a crash after it leaves an index entry, never a checkpoint
-            # that delete_for_runs cannot find
-            await self._register_run(run, [thread])
-            put = put.registered()
-        mode, stale = core.parse_put(await self._call("lg_put", put.plan, thread))
-        self._count_run(mode)
-        for stale_run in stale:
-            await self._register_run(stale_run, [thread])
-        return put.config
+        return await self._run(
+            self.flows.put(self.serde, config, checkpoint, metadata, new_versions)
+        )
 
     async def aput_writes(
         self,
@@ -157,101 +153,71 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        thread = core.target(config).thread_id
-        step = core.plan_put_writes(
-            self._keys(thread), self.serde, config, writes, task_id, task_path, self._ttl_ms
-        )
-        reply = await self._call("lg_put_writes", step, thread)
-        self._count_run(core.parse_put_writes(reply))
+        await self._run(self.flows.put_writes(self.serde, config, writes, task_id, task_path))
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await self._call(
-            "lg_delete_thread", core.plan_delete_thread(self._prefix, thread_id), thread_id
-        )
-        self._forget_thread(thread_id)
+        await self._run(self.flows.delete_thread(thread_id))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Per run: read its run index, delete its checkpoints thread by thread, then drop the
-        threads done from the index. Each step is idempotent: a crash leaves the index listing
-        threads that may already be clean, and a retry finishes the job."""
-        for run in run_ids:
-            threads = core.parse_run_threads(
-                await self._call("lg_delete_for_runs", core.plan_run_threads(self._prefix, run), "")
-            )
-            for thread in threads:
-                step = core.plan_delete_run_in_thread(self._prefix, thread, run, self._ttl_ms)
-                await self._call("lg_delete_for_runs", step, thread)
-                self._runs.pop((thread, run), None)
-            if threads:
-                step = core.plan_forget_run_threads(self._prefix, run, threads)
-                await self._call("lg_delete_for_runs", step, "")
+        await self._run(self.flows.delete_for_runs(run_ids))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        """Dump the source (its slot), restore it as the target (the target's slot), then add
-        the target to the index of each of its runs. Re-running finishes an interrupted copy."""
-        dump = core.parse_dump_thread(
-            await self._call(
-                "lg_copy_thread", core.plan_dump_thread(self._prefix, source_thread_id),
-                source_thread_id,
-            )
-        )  # fmt: skip
-        if dump is None:
-            return
-        step = core.plan_restore_thread(self._prefix, target_thread_id, dump, self._ttl_ms)
-        await self._call("lg_copy_thread", step, target_thread_id)
-        self._forget_thread(target_thread_id)
-        for run in dump.run_ids:
-            await self._register_run(run, [target_thread_id], operation="lg_copy_thread")
+        await self._run(self.flows.copy_thread(source_thread_id, target_thread_id))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        for thread in thread_ids:
-            step = core.plan_prune(self._prefix, thread, strategy, self._ttl_ms)
-            await self._call("lg_prune", step, thread)
+        await self._run(self.flows.prune(thread_ids, strategy))
 
     def get_next_version(self, current: str | int | float | None, channel: None = None) -> str:
         """Zero-padded, so versions sort as text as they do as numbers (the tail is random, as
         InMemorySaver's, so two writers never produce the same version)."""
         return core.next_version(current)
 
-    # --- bookkeeping (no I/O) ----------------------------------------------------------------
+    def thread_keys(self, thread_id: str) -> tuple[str, ...]:
+        """The Redis keys of one thread (for inspection and tests; no I/O)."""
+        return self.flows.keys(thread_id).all
 
-    def _keys(self, thread: str) -> ThreadKeys:
-        """The thread's keys, built once per thread (encoding them costs ~2 us a call)."""
-        keys = self._thread_keys.get(thread)
-        if keys is None:
-            if len(self._thread_keys) >= _KEY_CACHE_LIMIT:
-                self._thread_keys.clear()
-            keys = self._thread_keys[thread] = thread_keys(self._prefix, thread)
-        return keys
+    # --- the sync shell --------------------------------------------------------------------
 
-    def _run_fresh(self, thread: str, run: str) -> bool:
-        at = self._runs.get((thread, run))
-        return at is not None and time.monotonic() - at < self._ttl_ms / 2000.0
+    def _run_sync(self, flow: Flow[T]) -> T:
+        cp = self.checkpointer
+        assert isinstance(cp, SyncCheckpointer)
+        reply: Any = None
+        try:
+            while True:
+                item = flow.send(reply)
+                reply = cp.perform(self._op(item)) if isinstance(item, Step) else None
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            flow.close()
 
-    async def _register_run(
-        self, run: str, threads: list[str], *, operation: str = "lg_put"
-    ) -> None:
-        step = core.plan_register_run(self._prefix, run, threads, self._ttl_ms)
-        await self._call(operation, step, threads[0])
-        if len(self._runs) >= _RUN_CACHE_LIMIT:
-            self._runs.clear()
-        now = time.monotonic()
-        for thread in threads:
-            self._runs[(thread, run)] = now
+    def _stream_sync(self, flow: Flow[None]) -> Iterator[CheckpointTuple]:
+        cp = self.checkpointer
+        assert isinstance(cp, SyncCheckpointer)
+        reply: Any = None
+        try:
+            while True:
+                try:
+                    item = flow.send(reply)
+                except StopIteration:
+                    return
+                if isinstance(item, Emit):
+                    reply = None
+                    yield item.value
+                else:
+                    reply = cp.perform(self._op(item))
+        finally:
+            flow.close()
 
-    def _forget_thread(self, thread_id: str) -> None:
-        for pair in [p for p in self._runs if p[0] == thread_id]:
-            del self._runs[pair]
-
-    # --- sync API: the async methods on the checkpointer's loop, from another thread ---------
-
-    def _sync(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """An async method of an asyncio Checkpointer's saver, from another thread."""
         loop = self.loop
         if loop is None:
             coro.close()
             raise asyncio.InvalidStateError(
                 "SidecarSaver's sync methods run on the Checkpointer's event loop: build the "
-                "saver inside that loop (or pass loop=) before calling them from another thread"
+                "saver inside that loop (or pass loop=) before calling them from another "
+                "thread, or give the saver a SyncCheckpointer"
             )
         try:
             running = asyncio.get_running_loop()
@@ -262,12 +228,18 @@ class SidecarSaver(BaseCheckpointSaver[str]):
             raise asyncio.InvalidStateError(
                 "Synchronous calls to SidecarSaver are only allowed from a thread other than "
                 "the event loop's (it would deadlock); use the async methods (ainvoke, "
-                "aget_state...) there, or call invoke() from a worker thread"
+                "aget_state...) there, call invoke() from a worker thread, or give the saver "
+                "a SyncCheckpointer"
             )
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
+    def _sync(self, flow: Flow[T]) -> T:
+        if self._threaded:
+            return self._run_sync(flow)
+        return self._on_loop(self._run(flow))
+
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return self._sync(self.aget_tuple(config))
+        return self._sync(self.flows.get_tuple(self.serde, config))
 
     def list(
         self,
@@ -277,10 +249,14 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        async def collect() -> list[CheckpointTuple]:
-            return [t async for t in self.alist(config, filter=filter, before=before, limit=limit)]
+        flow = self.flows.list(self.serde, config, filter, before, limit)
+        if self._threaded:
+            return self._stream_sync(flow)
 
-        return iter(self._sync(collect()))
+        async def collect() -> list[CheckpointTuple]:
+            return [t async for t in self._stream(flow)]
+
+        return iter(self._on_loop(collect()))
 
     def put(
         self,
@@ -289,7 +265,7 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return self._sync(self.aput(config, checkpoint, metadata, new_versions))
+        return self._sync(self.flows.put(self.serde, config, checkpoint, metadata, new_versions))
 
     def put_writes(
         self,
@@ -298,20 +274,16 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        self._sync(self.aput_writes(config, writes, task_id, task_path))
+        self._sync(self.flows.put_writes(self.serde, config, writes, task_id, task_path))
 
     def delete_thread(self, thread_id: str) -> None:
-        self._sync(self.adelete_thread(thread_id))
+        self._sync(self.flows.delete_thread(thread_id))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        self._sync(self.adelete_for_runs(run_ids))
+        self._sync(self.flows.delete_for_runs(run_ids))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        self._sync(self.acopy_thread(source_thread_id, target_thread_id))
+        self._sync(self.flows.copy_thread(source_thread_id, target_thread_id))
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        self._sync(self.aprune(thread_ids, strategy=strategy))
-
-    def thread_keys(self, thread_id: str) -> tuple[str, ...]:
-        """The Redis keys of one thread (for inspection and tests; no I/O)."""
-        return thread_keys(self._prefix, thread_id).all
+        self._sync(self.flows.prune(thread_ids, strategy))

@@ -17,7 +17,7 @@ from langgraph.checkpoint.conformance.report import CapabilityReport
 from lg_support import lg_config
 from prometheus_client import CollectorRegistry
 
-from sidecar import Checkpointer
+from sidecar import Checkpointer, SyncCheckpointer
 from sidecar.langgraph import SidecarSaver
 from sidecar.server.embedded import EmbeddedServer
 
@@ -28,14 +28,22 @@ CAPABILITIES = {
 _prefixes = itertools.count()
 
 
-async def run_suite(url: str, name: str) -> CapabilityReport:
+async def run_suite(url: str, name: str, *, threads: bool = False) -> CapabilityReport:
+    """``threads``: the saver on a SyncCheckpointer (its async methods run in worker threads)."""
     registry = CollectorRegistry()
-    opened: list[Checkpointer] = []
+    opened: list[Checkpointer | SyncCheckpointer] = []
 
     async def factory() -> AsyncIterator[SidecarSaver]:
-        cp = Checkpointer.from_url(
-            url, config=lg_config(f"conf{next(_prefixes)}"), registry=registry
-        )
+        config = lg_config(f"conf{next(_prefixes)}")
+        if threads:
+            sync_cp = SyncCheckpointer.from_url(url, config=config, registry=registry)
+            opened.append(sync_cp)
+            try:
+                yield SidecarSaver(sync_cp)
+            finally:
+                sync_cp.close()
+            return
+        cp = Checkpointer.from_url(url, config=config, registry=registry)
         opened.append(cp)
         try:
             yield SidecarSaver(cp)
@@ -61,6 +69,12 @@ def assert_every_capability(report: CapabilityReport) -> None:
 
 async def test_conformance_private_valkey(private_server: EmbeddedServer) -> None:
     assert_every_capability(await run_suite(private_server.url, "SidecarSaver-valkey"))
+
+
+async def test_conformance_sync_checkpointer(private_server: EmbeddedServer) -> None:
+    """The saver's sync shell (a SyncCheckpointer) passes the same suite."""
+    report = await run_suite(private_server.url, "SidecarSaver-sync", threads=True)
+    assert_every_capability(report)
 
 
 @pytest.mark.timeout(240)

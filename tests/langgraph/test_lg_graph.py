@@ -13,8 +13,9 @@ from langgraph.types import Command, interrupt
 from lg_support import lg_config, lg_cp_fixture, saver_fixture  # noqa: F401  (fixtures)
 from prometheus_client import CollectorRegistry
 
-from sidecar import Checkpointer, names
+from sidecar import Checkpointer, SyncCheckpointer, names
 from sidecar.langgraph import SidecarSaver
+from sidecar.server.embedded import EmbeddedServer
 
 
 class State(TypedDict):
@@ -142,3 +143,24 @@ async def test_crash_and_resume_on_the_cluster(redis_cluster: LocalCluster) -> N
             s async for s in app.aget_state_history({"configurable": {"thread_id": "cluster-copy"}})
         ]
         assert history[0].values == {"text": "q outline draft", "approved": 1}
+
+
+def test_invoke_on_a_sync_checkpointer(private_server: EmbeddedServer) -> None:
+    """No event loop at all: graph.invoke on a SyncCheckpointer's saver, from this thread."""
+    registry = CollectorRegistry()
+    with SyncCheckpointer.from_url(
+        private_server.url, config=lg_config("lgs"), registry=registry
+    ) as sync_cp:
+        saver = SidecarSaver(sync_cp)
+        calls = {"outline": 0, "draft": 0, "review": 0}
+        app = build(saver, calls, fail_once=True, ask=True)
+        config = {"configurable": {"thread_id": "sync-thread"}}
+        with pytest.raises(RuntimeError, match="model call failed"):
+            app.invoke({"text": "q", "approved": 0}, config)
+        assert app.invoke(None, config)["__interrupt__"][0].value == "approve?"
+        assert app.invoke(Command(resume=3), config) == {"text": "q outline draft", "approved": 3}
+        assert calls == {"outline": 1, "draft": 2, "review": 2}
+        history = list(app.get_state_history(config))
+        assert [s.metadata["step"] for s in history] == list(range(len(history) - 2, -2, -1))
+        assert runs_started(registry, "fresh") == 1
+        assert runs_started(registry, "resumed") == 2
