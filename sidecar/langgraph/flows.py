@@ -11,8 +11,9 @@ run counts — happens here; the shells only send and wait (sans-I/O, as h11 doe
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeAlias, TypeVar
 
 from langchain_core.runnables import RunnableConfig
@@ -33,14 +34,21 @@ T = TypeVar("T")
 _CACHE_LIMIT = 4096
 
 
+def _reply(raw: Any) -> Any:
+    return raw
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One Redis call of a flow: ``operation`` is its metric and span label, ``label`` the
-    thread (or '') the span names when ``trace_identifiers`` is on."""
+    thread (or '') the span names when ``trace_identifiers`` is on, ``parse`` turns the reply
+    into what the flow receives (inside the op: a stored value that does not decode is
+    recorded as outcome ``corrupt``)."""
 
     operation: str
     plan: core.Plan
     label: str
+    parse: Callable[[Any], Any] = _reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +93,11 @@ class Flows:
         self, serde: SerializerProtocol, config: RunnableConfig
     ) -> Flow[CheckpointTuple | None]:
         thread = core.target(config).thread_id
-        reply = yield Step(
-            "lg_get_tuple", core.plan_get_tuple(self.keys(thread), config, self.refresh_ms), thread
+        plan = core.plan_get_tuple(self.keys(thread), config, self.refresh_ms)
+        found: CheckpointTuple | None = yield Step(
+            "lg_get_tuple", plan, thread, partial(core.parse_get_tuple, serde, thread)
         )
-        return core.parse_get_tuple(serde, thread, reply)
+        return found
 
     def list(
         self,
@@ -109,11 +118,12 @@ class Flows:
         keys = self.keys(request.thread_id)
         while remaining is None or remaining > 0:
             plan = core.plan_list_page(keys, request, cursor, remaining or 0)
-            entries, cursor = core.parse_list_page((yield Step("lg_list", plan, request.thread_id)))
-            for entry in entries:
-                yield Emit(core.parse_checkpoint(serde, request.thread_id, entry))
+            parse = partial(core.parse_list_page, serde, request.thread_id)
+            found, cursor = yield Step("lg_list", plan, request.thread_id, parse)
+            for one in found:
+                yield Emit(one)
             if remaining is not None:
-                remaining -= len(entries)
+                remaining -= len(found)
             if not cursor:
                 return
 
@@ -135,7 +145,7 @@ class Flows:
             # that delete_for_runs cannot find
             yield from self._register_run(run, thread, "lg_put")
             put = put.registered()
-        mode, stale = core.parse_put((yield Step("lg_put", put.plan, thread)))
+        mode, stale = yield Step("lg_put", put.plan, thread, core.parse_put)
         self.count_run(mode)
         for stale_run in stale:
             yield from self._register_run(stale_run, thread, "lg_put")
@@ -153,7 +163,7 @@ class Flows:
         plan = core.plan_put_writes(
             self.keys(thread), serde, config, writes, task_id, task_path, self.ttl_ms
         )
-        self.count_run(core.parse_put_writes((yield Step("lg_put_writes", plan, thread))))
+        self.count_run((yield Step("lg_put_writes", plan, thread, core.parse_put_writes)))
 
     def delete_thread(self, thread_id: str) -> Flow[None]:
         yield Step("lg_delete_thread", core.plan_delete_thread(self.prefix, thread_id), thread_id)
@@ -164,8 +174,8 @@ class Flows:
         threads done from the index. Each step is idempotent: a crash leaves the index listing
         threads that may already be clean, and a retry finishes the job."""
         for run in run_ids:
-            reply = yield Step("lg_delete_for_runs", core.plan_run_threads(self.prefix, run), "")
-            threads = core.parse_run_threads(reply)
+            plan = core.plan_run_threads(self.prefix, run)
+            threads = yield Step("lg_delete_for_runs", plan, "", core.parse_run_threads)
             for thread in threads:
                 plan = core.plan_delete_run_in_thread(self.prefix, thread, run, self.ttl_ms)
                 yield Step("lg_delete_for_runs", plan, thread)
@@ -177,8 +187,8 @@ class Flows:
     def copy_thread(self, source: str, target: str) -> Flow[None]:
         """Dump the source (its slot), restore it as the target (the target's slot), then add
         the target to the index of each of its runs. Re-running finishes an interrupted copy."""
-        reply = yield Step("lg_copy_thread", core.plan_dump_thread(self.prefix, source), source)
-        dump = core.parse_dump_thread(reply)
+        plan = core.plan_dump_thread(self.prefix, source)
+        dump = yield Step("lg_copy_thread", plan, source, core.parse_dump_thread)
         if dump is None:
             return
         plan = core.plan_restore_thread(self.prefix, target, dump, self.ttl_ms)

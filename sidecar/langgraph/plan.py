@@ -282,7 +282,19 @@ def unpack(packed: bytes) -> list[bytes]:
 
 
 def parse_checkpoint(serde: SerializerProtocol, thread_id: str, packed: bytes) -> CheckpointTuple:
-    """One loaded checkpoint (ns, id, record, writes, then channel, value...) as a tuple."""
+    """One loaded checkpoint (ns, id, record, writes, then channel, value...) as a tuple;
+    :class:`SerializationError` when a stored value does not decode (outcome ``corrupt``)."""
+    try:
+        return _checkpoint(serde, thread_id, packed)
+    except SerializationError:
+        raise
+    except Exception as exc:  # the serde's own errors: msgpack, JSON, an EncryptedSerializer's
+        raise SerializationError(
+            f"a stored checkpoint of thread {thread_id!r} does not decode ({type(exc).__name__})"
+        ) from exc
+
+
+def _checkpoint(serde: SerializerProtocol, thread_id: str, packed: bytes) -> CheckpointTuple:
     entry = unpack(packed)
     ns, cid = entry[0].decode(), entry[1].decode()
     md_raw, versions_raw, rest = entry[2].split(_RSB, 2)
@@ -378,9 +390,15 @@ def plan_list_page(keys: ThreadKeys, request: ListRequest, cursor: str, wanted: 
     return Plan(script, keys.all, args)
 
 
-def parse_list_page(reply: Sequence[Any]) -> tuple[list[bytes], str]:
-    """(packed checkpoints newest first, cursor for the next page or '' when done)."""
-    return unpack(_raw(reply[0])), _text(reply[1])
+def parse_list_page(
+    serde: SerializerProtocol, thread_id: str, reply: Sequence[Any]
+) -> tuple[list[CheckpointTuple], str]:
+    """(checkpoints newest first, cursor for the next page or '' when done)."""
+    try:
+        packed = unpack(_raw(reply[0]))
+    except (ValueError, IndexError) as exc:
+        raise SerializationError(f"lg_list: a reply that does not decode ({exc})") from exc
+    return [parse_checkpoint(serde, thread_id, entry) for entry in packed], _text(reply[1])
 
 
 # --- deletes, copy, prune, run index ---------------------------------------------------------

@@ -77,6 +77,7 @@ class SidecarSaver(BaseCheckpointSaver[str]):
             ids=(step.label, ""),
             slot=self.checkpointer.store.slot(plan.keys[0]),
             nothing=None,
+            parse=step.parse,
             always_raise=True,  # an outage is never "no checkpoint"
         )
 

@@ -20,7 +20,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from sidecar import Checkpointer, CheckpointTimeout, CheckpointUnavailable, names
+from sidecar import (
+    Checkpointer,
+    CheckpointTimeout,
+    CheckpointUnavailable,
+    SerializationError,
+    names,
+)
 from sidecar.langgraph import SidecarSaver
 from sidecar.langgraph.keys import COUNTING_KIND, parse_thread_key, run_key, thread_keys
 from sidecar.server.embedded import EmbeddedServer
@@ -276,3 +282,17 @@ def test_thread_key_names_round_trip_and_count_once() -> None:
     assert parse_thread_key("ckpt", run_key("ckpt", "r")) is None
     assert parse_thread_key("ckpt", "ckpt:{u:r}:meta") is None  # a core run key
     assert parse_thread_key("other", keys.idx) is None
+
+
+async def test_a_value_that_does_not_decode_is_corrupt(
+    saver: SidecarSaver, client: aioredis.Redis, registry: CollectorRegistry
+) -> None:
+    await fill(saver, "t1", 2)
+    state = thread_keys("lgt", "t1").state
+    fields = [f for f in await client.hkeys(state) if f.startswith(b"b\x1f\x1fstep\x1f")]
+    for field in fields:
+        await client.hset(state, field, b"msgpack\x1f\xc1garbage")  # 0xc1: never valid msgpack
+    with pytest.raises(SerializationError):
+        await saver.aget_tuple(config("t1"))
+    labels = {"operation": "lg_get_tuple", "outcome": names.CORRUPT}
+    assert registry.get_sample_value(names.OPERATION_DURATION + "_count", labels) == 1
