@@ -111,11 +111,11 @@ class Board:
         return int(self.metric(names.SECTIONS, {"source": source}))
 
     def budget_breaches(self, operation: str | None = None) -> int:
-        ops = (operation,) if operation else names.OPERATIONS
+        ops = (operation,) if operation else names.ALL_OPERATIONS
         return int(sum(self.metric(names.BUDGET_EXCEEDED, {"operation": op}) for op in ops))
 
     def outcome_count(self, outcome: str, operation: str | None = None) -> int:
-        ops = (operation,) if operation else names.OPERATIONS
+        ops = (operation,) if operation else names.ALL_OPERATIONS
         return int(
             sum(
                 self.metric(
@@ -131,7 +131,7 @@ class Board:
     def latency_rows(self) -> list[dict[str, Any]]:
         """Per operation: calls, p50/p99/max in ms, share within budget, non-ok outcomes."""
         rows = []
-        for op in names.OPERATIONS:
+        for op in names.ALL_OPERATIONS:
             samples = self.latencies.samples.get(op, [])
             if not samples:
                 continue

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TTL of the abandoned runs' checkpoints (default 2)")  # fmt: skip
     parser.add_argument("--budget-ms", type=float, default=None, metavar="MS",
                         help=budget_help())  # fmt: skip
+    parser.add_argument("--langgraph", action="store_true",
+                        help="run the report as a LangGraph graph on SidecarSaver "
+                        "(examples/langgraph_report.py; needs the langgraph extra)")  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", dest="json_path",
                         help="also write the summary as JSON to PATH")  # fmt: skip
     parser.add_argument("--node", action="store_true",
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         budget_ms=budget_ms,
         live=args.live,
         node=args.node,
+        langgraph=args.langgraph,
     )
     if opts.node:
         from sidecar.demo.node import unavailable
