@@ -165,3 +165,26 @@ def test_api_runs_are_counted_with_the_agents_in_multiprocess_mode(
     assert body.decode().count("# TYPE checkpoint_runs_started_total counter") == 1
     assert sc.process is not None
     assert not [p for p in os.listdir(mp_dir) if str(sc.process.pid) in p]
+
+
+def test_the_api_writes_with_its_own_redis_url(
+    private_server: EmbeddedServer, server_binary: str, sidecar_factory: Factory
+) -> None:
+    """--api-redis-url: the watcher's user may not write checkpoints; the API uses the agents'."""
+    import redis as sync_redis
+
+    with EmbeddedServer(binary=server_binary) as agents_redis:
+        sc = sidecar_factory(
+            *serve_args(private_server.url, "own", "--api-redis-url", agents_redis.url)
+        ).wait_serving()
+        with httpx.Client(base_url=api_url(sc)) as client:
+            assert client.put("/v1/runs/u/r/sections/s", json={"x": 1}).status_code == 204
+        with (
+            sync_redis.Redis.from_url(agents_redis.url) as a,
+            sync_redis.Redis.from_url(private_server.url) as w,
+        ):
+            assert [k for k in a.keys("own:*") if k.endswith(b":sections")] == [
+                b"own:{u:r}:sections"
+            ]
+            assert [k for k in w.keys("own:{*")] == []  # nothing on the sidecar's own Redis
+        assert sc.signal(signal.SIGTERM) == 0
