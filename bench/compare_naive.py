@@ -243,7 +243,7 @@ async def compare(
             registry.get_sample_value(
                 names.OPERATION_DURATION + "_count", {"operation": op, "outcome": outcome}
             ) or 0.0
-            for op in names.OPERATIONS
+            for op in names.ALL_OPERATIONS
         )
         for outcome in (names.TIMEOUT, names.ERROR, names.SKIPPED)
     }  # fmt: skip

@@ -78,6 +78,7 @@ class Board:
     llm_seconds_spent: float = 0.0
     llm_seconds_saved: float = 0.0
     redis_paused: bool = False
+    node: dict[str, Any] | None = None  # --node: the Node agents' totals
     pauses: int = 0
     breaker_openings: int = 0
     phase: str = "starting"
@@ -110,11 +111,11 @@ class Board:
         return int(self.metric(names.SECTIONS, {"source": source}))
 
     def budget_breaches(self, operation: str | None = None) -> int:
-        ops = (operation,) if operation else names.OPERATIONS
+        ops = (operation,) if operation else names.ALL_OPERATIONS
         return int(sum(self.metric(names.BUDGET_EXCEEDED, {"operation": op}) for op in ops))
 
     def outcome_count(self, outcome: str, operation: str | None = None) -> int:
-        ops = (operation,) if operation else names.OPERATIONS
+        ops = (operation,) if operation else names.ALL_OPERATIONS
         return int(
             sum(
                 self.metric(
@@ -130,7 +131,7 @@ class Board:
     def latency_rows(self) -> list[dict[str, Any]]:
         """Per operation: calls, p50/p99/max in ms, share within budget, non-ok outcomes."""
         rows = []
-        for op in names.OPERATIONS:
+        for op in names.ALL_OPERATIONS:
             samples = self.latencies.samples.get(op, [])
             if not samples:
                 continue
@@ -179,4 +180,5 @@ class Board:
             "lease_expiries_seen": self.lease_expiries,
             "latency": self.latency_rows(),
             "elapsed_s": round(self.elapsed, 2),
+            **({"node": self.node} if self.node is not None else {}),
         }

@@ -54,8 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TTL of the abandoned runs' checkpoints (default 2)")  # fmt: skip
     parser.add_argument("--budget-ms", type=float, default=None, metavar="MS",
                         help=budget_help())  # fmt: skip
+    parser.add_argument("--langgraph", action="store_true",
+                        help="run the report as a LangGraph graph on SidecarSaver "
+                        "(examples/langgraph_report.py; needs the langgraph extra)")  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", dest="json_path",
                         help="also write the summary as JSON to PATH")  # fmt: skip
+    parser.add_argument("--node", action="store_true",
+                        help="also run reporting agents written in JavaScript (clients/node) "
+                        "through the sidecar's HTTP API (needs node on PATH)")  # fmt: skip
     display = parser.add_mutually_exclusive_group()
     display.add_argument("--live", dest="live", action="store_true", default=None,
                          help="live display even when stdout is not a terminal")  # fmt: skip
@@ -86,7 +92,16 @@ def run(args: argparse.Namespace) -> int:
         abandon_ttl_s=args.abandon_ttl,
         budget_ms=budget_ms,
         live=args.live,
+        node=args.node,
+        langgraph=args.langgraph,
     )
+    if opts.node:
+        from sidecar.demo.node import unavailable
+
+        why = unavailable()
+        if why is not None:
+            sys.stderr.write(f"checkpoint-sidecar demo: error: --node: {why}\n")
+            return 1
     try:
         return run_demo(opts)
     except (EmbeddedServerError, SidecarStartError, OSError) as exc:

@@ -122,3 +122,12 @@ def print_summary(console: Console, board: Board) -> None:
     console.print(summary_table(board))
     console.print(latency_table(board))
     console.print(example_result(board))
+    if board.node is not None:
+        n = board.node
+        console.print(
+            f"Node agents through the HTTP API ({n['api_url']}): {n['runs']} runs, "
+            f"{n['completed']} completed, {n['resumed']} resumed after {n['crashes']} crashes, "
+            f"{n['restored']} sections restored, {n['produced']} produced "
+            "(counted in the tables above with the Python agents)",
+            highlight=False,
+        )

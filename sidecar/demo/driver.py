@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -40,7 +41,7 @@ from sidecar import CheckpointConfig, Checkpointer, CheckpointError, LeaseHeld, 
 from sidecar.config import redact_url
 from sidecar.demo.board import Board, SpanLatencies
 from sidecar.demo.display import live_view, print_summary
-from sidecar.demo.reporting_agent import LLMTimeout, ReportingSubAgent
+from sidecar.demo.reporting_agent import SECTIONS, LLMTimeout, ReportingSubAgent
 from sidecar.demo.scenario import FaultyLLM, RunPlan, WorkerCrash, plan_runs
 from sidecar.server.embedded import EmbeddedServer
 from sidecar.server.runtime import Sidecar
@@ -64,6 +65,8 @@ class Options:
     abandon_ttl_s: int
     budget_ms: float
     live: bool | None  # None: live display when stdout is a terminal
+    node: bool = False  # also run Node agents through the HTTP API (sidecar.demo.node)
+    langgraph: bool = False  # the report as a LangGraph graph on SidecarSaver
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -202,6 +205,8 @@ class Demo:
                 console=self.console,
                 refresh_per_second=8,
             )
+        if self.opts.node:
+            tasks.append(asyncio.create_task(self._node_runs()))
         with live:
             try:
                 await asyncio.gather(*tasks)
@@ -214,12 +219,29 @@ class Demo:
                     self.server.resume()
                 board.phase = "done"
 
+    async def _node_runs(self) -> None:
+        """Node agents through the HTTP API, beside the Python ones (``--node``)."""
+        from sidecar.demo.node import run_node_agents
+
+        runs = max(4, self.opts.runs // 4)
+        await self._say("node", f"{runs} Node agents start (HTTP API)")
+        self.board.node = await run_node_agents(
+            self.config(RUN_TTL_S), runs, self.session,
+            registry=self.registry, tracer_provider=self.provider,
+        )  # fmt: skip
+        await self._say("node", f"Node agents done: {self.board.node}")
+
     async def _one_run(self, plan: RunPlan, cp: Checkpointer, semaphore: asyncio.Semaphore) -> None:
         board = self.board
         async with semaphore:
             board.active += 1
             llm = FaultyLLM(plan)
-            agent = ReportingSubAgent(
+            agent_class = ReportingSubAgent
+            if self.opts.langgraph:
+                from sidecar.demo.langgraph_report import LangGraphReportingAgent
+
+                agent_class = LangGraphReportingAgent  # type: ignore[assignment]
+            agent = agent_class(
                 cp, llm, emit_thinking=partial(self._say, plan.label), llm_timeout_s=LLM_TIMEOUT_S
             )
             context = RunContext(user_id=plan.user_id, run_id=f"{self.session}-{plan.run_id}")
@@ -253,6 +275,7 @@ class Demo:
                 await self._say(plan.label, f"attempt {attempt} failed: {exc}")
             else:
                 board.completed += 1
+                self._count_graph_sections(agent, result)
                 if result["checkpoints_used"]:
                     board.resumed_runs += 1
                     if board.example_result is None or plan.kind == "double":
@@ -266,7 +289,12 @@ class Demo:
             if not plan.retried:
                 board.abandoned += 1
                 self._last_abandon = time.monotonic()
-                if await agent.checkpointer.manager(context).has_checkpoints():
+                has_checkpoints = getattr(agent, "has_checkpoints", None)
+                if has_checkpoints is not None:
+                    kept = await has_checkpoints(context)
+                else:
+                    kept = await agent.checkpointer.manager(context).has_checkpoints()
+                if kept:
                     board.abandoned_with_checkpoints += 1
                 await self._say(plan.label, "abandoned: nobody retries; its checkpoints expire")
                 return
@@ -274,6 +302,13 @@ class Demo:
                 board.failed += 1
                 return
             await asyncio.sleep(0.05 * attempt)  # the job runner's backoff before the retry
+
+    def _count_graph_sections(self, agent: ReportingSubAgent, result: dict[str, Any]) -> None:
+        """A graph's sections, counted as the core's run.step counts them (on success)."""
+        if self.opts.langgraph:
+            sections = agent.checkpointer.telemetry.metrics.sections
+            sections.labels("restored").inc(result["resumed_sections"])
+            sections.labels("produced").inc(len(SECTIONS) - result["resumed_sections"])
 
     async def _say(self, label: str, message: str) -> None:
         line = self.board.think(label, message)

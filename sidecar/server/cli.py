@@ -146,6 +146,9 @@ def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
         help="log level; debug logs each expired run's user and run id (env SIDECAR_LOG_LEVEL, "
         "default info)",
     )
+    from sidecar.api.cli import add_arguments as add_api_arguments
+
+    add_api_arguments(p)
     p.set_defaults(handler=_run_serve, parser=p)
 
 

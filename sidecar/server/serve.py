@@ -139,6 +139,7 @@ def _configure_tracing() -> None:
 async def _serve(
     args: argparse.Namespace, config: CheckpointConfig, redis_url: str, multiproc_dir: str | None
 ) -> int:
+    from sidecar.api.cli import serve_api
     from sidecar.server.runtime import Sidecar, SidecarStartError
 
     stop = asyncio.Event()
@@ -167,7 +168,8 @@ async def _serve(
         starting.result()
         try:
             print(f"serving {sidecar.metrics_url} (watching {redact_url(redis_url)})", flush=True)
-            await sidecar.run_until(stop)
+            async with serve_api(args, sidecar):  # the HTTP API beside /metrics (sidecar.api)
+                await sidecar.run_until(stop)
         finally:
             await sidecar.stop()
     except SidecarStartError as exc:

@@ -35,6 +35,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         if not k.startswith(("SIDECAR_", "PROMETHEUS_", "prometheus_", "OTEL_"))
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env["SIDECAR_API_PORT"] = "0"  # the HTTP API on a free port, never a fixed 9465 in tests
     env.update(extra)
     return env
 

@@ -1,0 +1,114 @@
+"""The API as a raw ASGI app: authenticate, route, trace, call the handler, map errors.
+
+No web framework: the hot path is a dict lookup of headers, a walk over eight routes and one
+awaited Checkpointer call, which keeps the hop over an in-process library call small. Each
+request gets a SERVER span named by its route template (never the raw path), whose parent is
+the incoming W3C ``traceparent``; the Checkpointer's CLIENT spans are its children.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+
+from sidecar.api.auth import Authorizer
+from sidecar.api.handlers import Api
+from sidecar.api.http import ClientGone, Receive, Request, Response, Scope, Send
+from sidecar.api.problems import PROBLEM_TYPE, Problem, from_error
+from sidecar.api.routes import Handler, resolve
+from sidecar.checkpointer import Checkpointer
+from sidecar.errors import CheckpointError
+
+log = logging.getLogger("sidecar.api")
+_PROBLEM = PROBLEM_TYPE.encode()
+
+
+class ApiApp:
+    """The ASGI callable serving :data:`sidecar.api.routes.ROUTES` over one Checkpointer."""
+
+    def __init__(
+        self,
+        cp: Checkpointer,
+        authorizer: Authorizer | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        from sidecar.api.openapi import render
+
+        self.api = Api(cp, render())
+        self.authorizer = authorizer or Authorizer(None)
+        self.tracer = trace.get_tracer("sidecar.api", tracer_provider=tracer_provider)
+        self._cooldown = cp.config.breaker_cooldown_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method: str = scope["method"]
+        try:
+            self.authorizer.check(scope["headers"])
+            route, params = resolve(method, scope.get("raw_path") or scope["path"].encode())
+        except Problem as problem:
+            await _problem(problem).send(send)
+            return
+        request = Request.of(scope, receive, params)
+        parent = None
+        if b"traceparent" in request.headers:
+            parent = propagate.extract({
+                k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.items()
+            })  # fmt: skip
+        span = self.tracer.start_span(
+            f"{method} {route.template}", context=parent, kind=SpanKind.SERVER
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            response = await self._answer(route.handler, request)
+            if span.is_recording():
+                span.set_attributes({
+                    "http.request.method": method, "http.route": route.template,
+                    "http.response.status_code": response.status,
+                })  # fmt: skip
+                if response.status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+        except ClientGone:
+            span.set_status(Status(StatusCode.ERROR, "client disconnected"))
+            return
+        finally:
+            otel_context.detach(token)
+            span.end()
+        await response.send(send)
+
+    async def _answer(self, handler: Handler, request: Request) -> Response:
+        try:
+            response = await handler(self.api, request)
+        except Problem as problem:
+            return _problem(problem)
+        except CheckpointError as exc:
+            return _problem(from_error(exc, cooldown_s=self._cooldown))
+        except ClientGone:
+            raise
+        except Exception:
+            log.exception("API request failed")
+            return _problem(Problem("internal_error", "the request failed; see the sidecar log"))
+        return response
+
+
+def _problem(problem: Problem) -> Response:
+    return Response(problem.status, problem.body(), _PROBLEM, problem.headers)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
