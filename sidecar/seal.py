@@ -134,9 +134,12 @@ class Sealer:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def seal(self, payload: bytes, aad: bytes) -> bytes:
-        """The stored form of ``payload`` (serialized JSON); ``aad`` from :func:`binding`."""
-        if self.identity:
+    def seal(self, payload: bytes, aad: bytes, *, binary: bool = False) -> bytes:
+        """The stored form of ``payload`` (serialized JSON); ``aad`` from :func:`binding`.
+
+        ``binary``: the payload is not JSON text (it may start with any byte), so it always
+        gets a header, even when nothing else applies."""
+        if self.identity and not binary:
             return payload
         codec = CODEC_NONE
         body = payload
@@ -145,7 +148,7 @@ class Sealer:
             if len(packed) < len(payload):
                 codec, body = CODEC_ZSTD, packed
         if self._current is None:
-            if codec == CODEC_NONE:
+            if codec == CODEC_NONE and not binary:
                 return payload  # incompressible or small: the identity form, no header
             return bytes((MAGIC, VERSION, codec)) + body
         key_id, cipher = self._current
@@ -156,14 +159,16 @@ class Sealer:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def open(self, stored: bytes | str, aad: bytes, section: str = "?") -> bytes:
+    def open(
+        self, stored: bytes | str, aad: bytes, section: str = "?", *, binary: bool = False
+    ) -> bytes:
         """The serialized JSON of a stored value; raises IntegrityError when it does not
         authenticate (or is not encrypted while encryption is required), SerializationError
         when it needs a codec that is not installed. ``section`` names it in messages."""
         if isinstance(stored, str):  # a client with decode_responses=True: JSON text only
             stored = stored.encode("utf-8")
         if not stored or stored[0] != MAGIC:
-            if stored and stored[0] >= 0x80:  # not JSON text (which starts with ASCII)
+            if stored and stored[0] >= 0x80 and not binary:  # not JSON (ASCII first byte)
                 raise IntegrityError(f"section {section!r}: stored value has an unknown format")
             if not self.read_unencrypted:
                 raise IntegrityError(
@@ -258,6 +263,33 @@ class Sealer:
                 f"max_section_bytes={self.max_bytes}"
             )
         return out
+
+
+class SealedSerde:
+    """A LangGraph serializer (``dumps_typed`` / ``loads_typed``) whose bytes are sealed by a
+    Checkpointer's :class:`Sealer`: what :class:`~sidecar.langgraph.SidecarSaver` uses when
+    encryption keys are configured.
+
+    Each blob is bound to the key prefix and its serde type only: the saver's storage layer
+    does not hand the thread or channel to its serde, so a blob copied to another thread of
+    the same prefix still opens there (sections are bound to their run and section; see
+    docs/storage.md). Blobs written before (no header) are read while ``read_unencrypted``
+    holds.
+    """
+
+    def __init__(self, inner: Any, sealer: Sealer, key_prefix: str) -> None:
+        self.inner = inner
+        self.sealer = sealer
+        self._run = RunBinding.of(key_prefix, "langgraph", "")
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        kind, data = self.inner.dumps_typed(obj)
+        return kind, self.sealer.seal(data, self._run.section(kind), binary=True)
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        kind, stored = data
+        opened = self.sealer.open(stored, self._run.section(kind), f"langgraph {kind}", binary=True)
+        return self.inner.loads_typed((kind, opened))
 
 
 def decodes_responses(client: Any) -> bool:
