@@ -48,7 +48,8 @@ class SidecarSaver(BaseCheckpointSaver[str]):
     worker thread) or a :class:`~sidecar.SyncCheckpointer` (``invoke`` from any thread). The
     saver uses its client, key prefix, TTL (``ttl_seconds``, sliding on writes;
     ``refresh_ttl_on_read``), budget, breakers and telemetry; it stays the caller's to close.
-    ``serde`` defaults to LangGraph's ``JsonPlusSerializer``.
+    ``serde`` defaults to LangGraph's ``JsonPlusSerializer``, its blobs sealed with the
+    Checkpointer's keys when ``encryption_keys`` are set (:class:`sidecar.seal.SealedSerde`).
     """
 
     def __init__(
@@ -58,6 +59,13 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        if serde is None and checkpointer.config.encrypts:  # blobs sealed like sections
+            from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+            from sidecar.seal import SealedSerde
+
+            prefix = checkpointer.config.key_prefix
+            serde = SealedSerde(JsonPlusSerializer(), checkpointer.sealer, prefix)
         super().__init__(serde=serde)
         self.checkpointer = checkpointer
         self.flows = Flows(checkpointer.config, checkpointer.telemetry.metrics)
