@@ -265,31 +265,30 @@ class Sealer:
         return out
 
 
-class SealedSerde:
-    """A LangGraph serializer (``dumps_typed`` / ``loads_typed``) whose bytes are sealed by a
-    Checkpointer's :class:`Sealer`: what :class:`~sidecar.langgraph.SidecarSaver` uses when
-    encryption keys are configured.
+class SealCipher:
+    """A LangGraph ``CipherProtocol`` (``encrypt`` / ``decrypt``) on a Checkpointer's
+    :class:`Sealer`, for LangGraph's own ``EncryptedSerializer``: what
+    :class:`~sidecar.langgraph.SidecarSaver` uses when encryption keys are configured (and what
+    LangGraph's ``with_allowlist`` knows how to keep when it derives a serializer).
 
-    Each blob is bound to the key prefix and its serde type only: the saver's storage layer
-    does not hand the thread or channel to its serde, so a blob copied to another thread of
-    the same prefix still opens there (sections are bound to their run and section; see
-    docs/storage.md). Blobs written before (no header) are read while ``read_unencrypted``
-    holds.
+    Each blob is bound to the key prefix only: a cipher is not told the thread or channel, so a
+    blob copied to another thread of the same prefix still opens there (sections are bound to
+    their run and section; see docs/storage.md).
     """
 
-    def __init__(self, inner: Any, sealer: Sealer, key_prefix: str) -> None:
-        self.inner = inner
+    NAME: Final = "sidecar-seal"
+
+    def __init__(self, sealer: Sealer, key_prefix: str) -> None:
         self.sealer = sealer
-        self._run = RunBinding.of(key_prefix, "langgraph", "")
+        self._aad = binding(key_prefix, "langgraph", "", "blob")
 
-    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
-        kind, data = self.inner.dumps_typed(obj)
-        return kind, self.sealer.seal(data, self._run.section(kind), binary=True)
+    def encrypt(self, plaintext: bytes) -> tuple[str, bytes]:
+        return self.NAME, self.sealer.seal(plaintext, self._aad, binary=True)
 
-    def loads_typed(self, data: tuple[str, bytes]) -> Any:
-        kind, stored = data
-        opened = self.sealer.open(stored, self._run.section(kind), f"langgraph {kind}", binary=True)
-        return self.inner.loads_typed((kind, opened))
+    def decrypt(self, ciphername: str, ciphertext: bytes) -> bytes:
+        if ciphername != self.NAME:
+            raise IntegrityError(f"LangGraph blob sealed by an unknown cipher ({ciphername!r})")
+        return self.sealer.open(ciphertext, self._aad, "langgraph blob", binary=True)
 
 
 def decodes_responses(client: Any) -> bool:
