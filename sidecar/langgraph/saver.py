@@ -49,7 +49,7 @@ class SidecarSaver(BaseCheckpointSaver[str]):
     saver uses its client, key prefix, TTL (``ttl_seconds``, sliding on writes;
     ``refresh_ttl_on_read``), budget, breakers and telemetry; it stays the caller's to close.
     ``serde`` defaults to LangGraph's ``JsonPlusSerializer``, its blobs sealed with the
-    Checkpointer's keys when ``encryption_keys`` are set (:class:`sidecar.seal.SealedSerde`).
+    Checkpointer's keys when ``encryption_keys`` are set (:class:`sidecar.seal.SealCipher`).
     """
 
     def __init__(
@@ -60,12 +60,12 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if serde is None and checkpointer.config.encrypts:  # blobs sealed like sections
-            from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+            from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 
-            from sidecar.seal import SealedSerde
+            from sidecar.seal import SealCipher
 
             prefix = checkpointer.config.key_prefix
-            serde = SealedSerde(JsonPlusSerializer(), checkpointer.sealer, prefix)
+            serde = EncryptedSerializer(SealCipher(checkpointer.sealer, prefix))
         super().__init__(serde=serde)
         self.checkpointer = checkpointer
         self.flows = Flows(checkpointer.config, checkpointer.telemetry.metrics)
