@@ -19,8 +19,8 @@ from sidecar.server.watcher import needs_expiry_flags, with_expiry_flags
 
 @pytest.mark.parametrize(
     ("before", "after"),
-    [("", "Ex"), ("Ex", "Ex"), ("xE", "xE"), ("Kgl", "KglEx"), ("AKE", "AKE"), ("KA", "KAE"),
-     ("Ez", "Ezx"), ("Kx", "KxE")],
+    [("", "Exe"), ("Exe", "Exe"), ("xEe", "xEe"), ("Ex", "Exe"), ("Kgl", "KglExe"),
+     ("AKE", "AKE"), ("KA", "KAE"), ("Ez", "Ezxe"), ("Kx", "KxEe"), ("Ke", "KeEx")],
 )  # fmt: skip
 def test_expiry_flags_are_added_and_none_removed(before: str, after: str) -> None:
     assert with_expiry_flags(before) == after
@@ -45,7 +45,8 @@ async def test_in_process_sidecar_serves_and_counts(private_server: EmbeddedServ
         ready = await http.get(sc.base_url + "/readyz")
         assert ready.status_code == 200
         assert ready.json() == {
-            "status": "ready", "redis": "up", "watcher": "subscribed", "expiry_events": "confirmed"
+            "status": "ready", "redis": "up", "watcher": "counting", "slot": 0,
+            "expiry_events": "confirmed",
         }  # fmt: skip
         assert (await http.get(sc.base_url + "/healthz")).status_code == 200
         assert (await http.get(sc.base_url + "/sections")).status_code == 404
