@@ -115,6 +115,18 @@ class ClusterExpiryWatcher:
         self.restart_max = restart_max
         self._restart_at: dict[Address, float] = {}  # a died loop's restart time
         self._restart_delay: dict[Address, float] = {}
+        self._primary = True
+
+    @property
+    def primary(self) -> bool:
+        """Counts evictions (see :class:`ExpiryWatcher`); passed on to every node loop."""
+        return self._primary
+
+    @primary.setter
+    def primary(self, value: bool) -> None:
+        self._primary = value
+        for watcher in self.nodes.values():
+            watcher.primary = value
 
     @property
     def seed_url(self) -> str:
@@ -228,6 +240,7 @@ class ClusterExpiryWatcher:
                     node_url(self.redis_url, address), self.key_prefix,
                     health_interval=self.health_interval, connect_timeout=self.connect_timeout,
                 )  # fmt: skip
+                watcher.primary = self._primary
                 self.nodes[address] = watcher
                 self._start(address, watcher)
         if self._first is None:

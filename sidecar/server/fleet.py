@@ -10,8 +10,9 @@ token, taken with ``SET NX PX <slot_ttl>`` and renewed about every second by an 
 script; a sidecar that dies or loses Redis stops renewing, and a standby takes the slot within
 ``slot_ttl`` plus one poll (1-4 s with the defaults; about 1 s after a clean stop, which hands
 its slot back). K = 2 by default, so that while one counting sidecar dies the other still
-counts: each event is claimed by exactly one of the counting watchers (:mod:`sidecar.server.watcher`, claims), so the shipped rules' ``sum`` over
-instances stays exact whether 1, 2 or 5 sidecars run, and even while a slot changes hands.
+counts: each expiry is claimed by exactly one of the counting watchers (see the claims in
+:mod:`sidecar.server.watcher`), so the shipped rules' ``sum`` over instances stays exact
+whether 1, 2 or 5 sidecars run, and even while a slot changes hands.
 
 Shape::
 
@@ -20,8 +21,11 @@ Shape::
       ├── inner.run()         ExpiryWatcher or ClusterExpiryWatcher, only while a slot is held
       └── _supervise()        restarts the inner watcher if it died of an unexpected error
 
-The election itself never decides correctness (the claims do); it only keeps the number of
-subscribers, hence the server's pub/sub fan-out, at K however large the fleet grows.
+The election never decides the expiry counts (the claims do); it keeps the number of
+subscribers, hence the server's pub/sub fan-out, at K however large the fleet grows. It also
+names the **primary** (slot 0), the one watcher that counts evictions, which cannot be claimed
+(memory pressure evicts the claims too): a holder of a higher slot moves down to slot 0 as
+soon as it falls vacant, so evictions go uncounted only while slot 0 changes hands.
 """
 
 from __future__ import annotations
@@ -166,13 +170,31 @@ class FleetWatcher:
             renewed = await client.eval(RENEW, 1, key, self.token, self.slot_ttl_ms)
             if not renewed:  # lapsed (a long pause, a restarted server): free again? keep it
                 renewed = await client.set(key, self.token, nx=True, px=self.slot_ttl_ms)
+            if renewed and state.slot > 0:
+                await self._move_down(client, key)
         if renewed:
             self._renewed = time.monotonic()
         else:
             log.warning("counting slot %d was taken over; standing by", state.slot)
             await self._drop()
 
+    async def _move_down(self, client: Any, held: str) -> None:
+        """Take a lower slot that fell vacant, and hand back the one held: slot 0 (the
+        primary, which counts evictions) stays held whenever any sidecar counts."""
+        state = self.state
+        assert state.slot is not None
+        for slot in range(state.slot):
+            if await client.set(
+                slot_key(self.key_prefix, slot), self.token, nx=True, px=self.slot_ttl_ms
+            ):
+                await client.eval(RELEASE, 1, held, self.token)
+                log.info("moved from counting slot %d to %d", state.slot, slot)
+                state.slot = slot
+                self.inner.primary = slot == 0
+                return
+
     def _take(self, slot: int) -> None:
+        self.inner.primary = slot == 0
         self.state.slot = slot
         self.state.standby = False
         self.takeovers += 1

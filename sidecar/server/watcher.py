@@ -4,16 +4,19 @@ Redis publishes ``__keyevent@<db>__:expired`` with the key name each time a key 
 when ``notify-keyspace-events`` holds ``E`` and ``x``), and ``__keyevent@<db>__:evicted`` when
 ``maxmemory`` evicts a key (``E`` and ``e``). A run's ``meta`` key expiring means the run
 expired: sections and meta always expire together, so counting ``meta`` counts each run once.
-A ``lease`` key expiring means the worker holding the run died. A run's ``meta`` or
-``sections`` key evicted means the run was lost to memory pressure (counted once per run).
+A ``lease`` key expiring means the worker holding the run died. A run's ``meta`` key evicted
+means the run's progress was lost to memory pressure (a ``sections`` key evicted alone is not
+counted: one event per run).
 Keys deleted by cleanup produce no event, so cleaned runs are never counted.
 
 Several watchers may count at once (one per sidecar holding a counting slot, see
 :mod:`sidecar.server.fleet`), so each event is counted by the watcher that wins its **claim**:
 ``SET <prefix>:{<user>:<run>}:counted:<kind> 1 NX PX 10000``. The claim carries the run's hash
 tag, so on a cluster it goes to the node that emitted the event; claims of one read batch go in
-one pipeline. Claim keys have a kind :func:`~sidecar.keys.parse_key` does not know, so nothing
-else ever mistakes them for a run's keys, and their own expiry is ignored here.
+one pipeline. Evictions are not claimed (memory pressure evicts claims too): only the primary
+watcher (counting slot 0) counts them. Claim keys have a kind that
+:func:`~sidecar.keys.parse_key` does not know, so nothing else ever mistakes them for a run's
+keys, and their own expiry is ignored here.
 
 Shape of the watcher (one loop per Redis node, so that cluster support can run one per primary)::
 
@@ -185,6 +188,9 @@ class ExpiryWatcher:
         self.connect_timeout = connect_timeout
         self.state = WatcherState()
         self._head = f"{self.key_prefix}:{{".encode()
+        # Counts what cannot be claimed (evictions, claims refused for memory); in a fleet only
+        # the holder of counting slot 0 is primary (set by sidecar.server.fleet).
+        self.primary = True
         self._warned_events = False
         self._last_logged: str | None = None
 
@@ -351,10 +357,8 @@ class ExpiryWatcher:
         """``(claim key, counter)`` for an event of ours, None for anything else."""
         if not key.startswith(self._head):
             return None
-        if evicted:
-            if key.endswith((b"}:meta", b"}:sections")):
-                return claim_key(key, "evicted"), _EVICTED
-            return None
+        if evicted:  # the run's progress is gone with its meta (sections alone: not counted)
+            return (claim_key(key, "evicted"), _EVICTED) if key.endswith(b"}:meta") else None
         if key.endswith(b"}:meta"):
             return claim_key(key, "meta"), _TTL
         if key.endswith(b"}:lease"):
@@ -362,23 +366,36 @@ class ExpiryWatcher:
         return None
 
     async def _claim(self, client: aioredis.Redis, batch: list[tuple[bytes, str]]) -> None:
-        """Claim every event of the batch in one pipeline; count those this watcher won.
+        """Claim the batch's expiries in one pipeline; count those this watcher won.
 
-        A claim refused by the server (an ACL without SET on the prefix) is raised: counting
-        without claims would count twice in a fleet. A cluster redirection (the slot moved
-        between the expiry and the claim, rare) is counted without a claim.
+        Evictions are not claimed: they happen under memory pressure, which evicts the claims
+        too (measured: a few percent counted twice). They are counted by the **primary**
+        watcher only (counting slot 0, or a watcher used alone); so is an expiry whose claim
+        the server refused for lack of memory (``OOM``, under ``noeviction``). A claim refused
+        otherwise (an ACL without SET on the prefix) is raised: counting without claims would
+        count twice in a fleet. A cluster redirection (the slot moved between the expiry and
+        the claim, rare) is counted without a claim.
         """
-        pipe = client.pipeline(transaction=False)
-        for claim, _ in batch:
-            pipe.set(claim, b"1", nx=True, px=CLAIM_TTL_MS)
-        async with asyncio.timeout(self.connect_timeout):
-            replies = await pipe.execute(raise_on_error=False)
+        claimed = [(claim, counter) for claim, counter in batch if counter != _EVICTED]
+        replies: list[Any] = []
+        if claimed:
+            pipe = client.pipeline(transaction=False)
+            for claim, _ in claimed:
+                pipe.set(claim, b"1", nx=True, px=CLAIM_TTL_MS)
+            async with asyncio.timeout(self.connect_timeout):
+                replies = await pipe.execute(raise_on_error=False)
+        results = iter(replies)
         state = self.state
-        for (claim, counter), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, ResponseError) and str(reply).startswith(("MOVED", "ASK")):
-                reply = True
-            if isinstance(reply, ResponseError):  # an ACL without SET on the prefix: say so
-                raise ResponseError(f"SET {claim.decode()} NX PX refused: {reply}") from reply
+        for claim, counter in batch:
+            reply = self.primary if counter == _EVICTED else next(results)
+            if isinstance(reply, ResponseError):
+                text = str(reply)
+                if text.startswith(("MOVED", "ASK")):
+                    reply = True
+                elif text.startswith("OOM"):
+                    reply = self.primary
+                else:  # an ACL without SET on the prefix: say so
+                    raise ResponseError(f"SET {claim.decode()} NX PX refused: {reply}") from reply
             if isinstance(reply, BaseException):
                 raise reply
             if reply:
