@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AskError, MovedError, OutOfMemoryError, RedisError, ResponseError
 
 from sidecar.config import redact_url
 from sidecar.keys import parse_key, validate_prefix
@@ -388,14 +388,12 @@ class ExpiryWatcher:
         state = self.state
         for claim, counter in batch:
             reply = self.primary if counter == _EVICTED else next(results)
-            if isinstance(reply, ResponseError):
-                text = str(reply)
-                if text.startswith(("MOVED", "ASK")):
-                    reply = True
-                elif text.startswith("OOM"):
-                    reply = self.primary
-                else:  # an ACL without SET on the prefix: say so
-                    raise ResponseError(f"SET {claim.decode()} NX PX refused: {reply}") from reply
+            if isinstance(reply, (AskError, MovedError)):
+                reply = True
+            elif isinstance(reply, OutOfMemoryError):
+                reply = self.primary
+            elif isinstance(reply, ResponseError):  # an ACL without SET on the prefix: say so
+                raise ResponseError(f"SET {claim.decode()} NX PX refused: {reply}") from reply
             if isinstance(reply, BaseException):
                 raise reply
             if reply:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.crc import key_slot
 
 from sidecar.keys import parse_key, run_keys
@@ -113,8 +114,33 @@ async def test_a_standby_takes_over_within_seconds_and_nothing_is_missed(
         await client.set(run_keys("fl", "u", f"h{i}").meta, b"x", px=1)
         await asyncio.sleep(0.03)
     others = [w for w in watchers if w is not first]
-    await wait_for(lambda: all(w.state.counting for w in others), "the standby to take slot 0")
+    await wait_for(lambda: all(w.state.counting for w in others), "the standby to count")
     await wait_for(lambda: total(watchers) == 30, "every expiry of the hand-over counted")
+    # Slot 0 (the primary, which counts evictions) is held again, whoever holds it.
+    await wait_for(lambda: any(w.state.slot == 0 for w in others), "slot 0 held again")
+    assert sorted(w.inner.primary for w in others) == [False, True]
+
+
+async def test_expiries_under_oom_are_counted_once(fleet: Starter, client: aioredis.Redis) -> None:
+    """maxmemory reached under noeviction refuses the claims (OOM): the primary counts those
+    expiries alone, so they are neither lost nor counted twice."""
+    watchers = [fleet(slots=2) for _ in range(2)]
+    await wait_for(lambda: all(w.state.counting for w in watchers), "both counting")
+    pipe = client.pipeline(transaction=False)
+    for i in range(50):
+        pipe.set(run_keys("fl", "u", f"oom{i}").meta, b"x", px=700)
+    await pipe.execute()
+    await client.config_set("maxmemory-policy", "noeviction")
+    await client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            await client.set("probe", b"x")
+        await wait_for(lambda: total(watchers) == 50, "expiries counted under OOM")
+        await asyncio.sleep(0.5)
+        assert total(watchers) == 50
+        assert [w.inner.primary for w in watchers if w.state.ttl_expiries] == [True]
+    finally:
+        await client.config_set("maxmemory", "0")
 
 
 async def test_a_sidecar_frozen_past_its_lease_loses_the_slot_without_double_counting(
