@@ -17,7 +17,7 @@ loop has lost its subscription. A node that leaves the topology (removed, failed
 stopped; its counts are kept. A node loop that dies of an unexpected error (a bug, not a lost
 connection: those it survives by itself) is logged with its traceback and restarted with
 backoff; meanwhile ``state.failed`` names it, so ``sidecar_expiry_watcher_up`` and
-``..._counting`` say 0, and the restart counts in ``sidecar_expiry_watcher_reconnects_total``.
+``..._counting`` say 0; its re-subscription counts in ``sidecar_expiry_watcher_reconnects_total``.
 
 Shape::
 
@@ -178,7 +178,6 @@ class ClusterExpiryWatcher:
             self._restart_at[address] = now + delay
             watcher.state.failed = f"{type(exc).__name__}: {exc}"
             watcher.state.subscribed = watcher.state.redis_up = False
-            watcher.state.reconnects += 1
             log.error(
                 "expiry watcher on %s:%d died; restarting in %.1f s",
                 *address,

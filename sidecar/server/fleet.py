@@ -255,7 +255,6 @@ class FleetWatcher:
         exc = task.exception()
         state.failed = f"{type(exc).__name__}: {exc}"
         state.subscribed = False
-        state.reconnects += 1
         self._restart_at = time.monotonic() + self._restart_delay
         log.error(
             "expiry watcher died; restarting in %.1f s", self._restart_delay,

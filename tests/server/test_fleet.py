@@ -199,3 +199,24 @@ async def test_evicted_runs_are_counted_once_over_two_counting_sidecars(
     await asyncio.sleep(0.5)
     assert total(watchers, "evictions") == missing  # once per run whose meta was evicted
     assert total(watchers) == 0  # an eviction is not a TTL expiry
+
+
+async def test_a_watcher_that_died_is_restarted_and_reported_meanwhile(
+    fleet: Starter, client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = fleet(slots=1, restart_initial=1.5)
+    await wait_for(lambda: w.state.counting, "counting")
+    original = w.inner._pick
+
+    def boom(key: bytes, evicted: bool) -> tuple[bytes, str] | None:
+        monkeypatch.setattr(w.inner, "_pick", original)  # once
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(w.inner, "_pick", boom)
+    await client.set(run_keys("fl", "u", "a").meta, b"x", px=1)
+    await wait_for(lambda: w.state.failed is not None, "the death reported")
+    assert not w.state.up and not w.state.counting
+    await wait_for(lambda: w.state.counting and w.state.failed is None, "restarted")
+    assert w.state.reconnects == 1  # the re-subscription
+    await client.set(run_keys("fl", "u", "b").meta, b"x", px=1)
+    await wait_for(lambda: w.state.ttl_expiries == 1, "counted after the restart")
