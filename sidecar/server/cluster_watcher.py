@@ -238,6 +238,7 @@ class ClusterExpiryWatcher:
                 watcher = ExpiryWatcher(
                     node_url(self.redis_url, address), self.key_prefix,
                     health_interval=self.health_interval, connect_timeout=self.connect_timeout,
+                    batch_script=False,
                 )  # fmt: skip
                 watcher.primary = self._primary
                 self.nodes[address] = watcher
