@@ -1,6 +1,6 @@
 """The sidecar's least-privilege ACL user (docs/security.md, "Sidecar ACL user"), for real:
 two sidecar processes with that user elect, subscribe, claim and count, and hand a slot back,
-and ``ACL LOG`` stays empty."""
+and ``ACL LOG`` stays empty; on a cluster too, with the cluster additions."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from cluster_support import LocalCluster
 
 from sidecar import names
 from sidecar.keys import run_keys
@@ -79,3 +80,39 @@ def test_the_documented_sidecar_user_runs_a_fleet_with_an_empty_acl_log(
         assert admin.acl_log() == []
         flags = admin.config_get("notify-keyspace-events")["notify-keyspace-events"]
         assert set(flags) >= set("Exe")
+
+
+CLUSTER_EXTRA = ["+cluster|nodes", "+cluster|slots", "+command"]  # docs/security.md says so
+
+
+def test_the_documented_sidecar_user_on_a_cluster(
+    redis_cluster: LocalCluster, sidecars: Factory
+) -> None:
+    rule = [*documented_rule(), *CLUSTER_EXTRA]
+    ports = redis_cluster.ports()
+    for port in ports:
+        server_acl(port, rule, user="checkpoint-sidecar")
+        with redis.Redis(port=port) as node:
+            node.acl_log_reset()
+    try:
+        seed = redis_cluster.nodes[0].port
+        url = f"redis+cluster://checkpoint-sidecar:pw-side@127.0.0.1:{seed}/0"
+        sc = sidecars(*serve_args(url, "acl")).wait_serving()
+        wait_until(lambda: sc.metric(names.WATCHER_COUNTING) == 1, "counting on every primary")
+        owners = set()
+        for i in range(12):
+            key = run_keys("acl", "u", f"c{i}").meta
+            owners.add(redis_cluster.owner_port(key))
+            with redis.Redis(port=redis_cluster.owner_port(key)) as node:
+                node.set(key, b"x", px=1)
+        assert len(owners) == 3
+        wait_until(lambda: sc.metric(names.TTL_EXPIRIES) == 12, "12 expiries")
+        assert sc.signal(signal.SIGTERM) == 0
+        for port in ports:
+            with redis.Redis(port=port) as node:
+                assert node.acl_log() == [], port
+    finally:
+        for port in ports:
+            with redis.Redis(port=port) as node:
+                node.acl_deluser("checkpoint-sidecar")
+                node.acl_log_reset()
