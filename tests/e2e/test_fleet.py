@@ -122,7 +122,8 @@ def within(prom: PrometheusProcess, expr: str, low: float, high: float) -> bool:
 def check_prometheus(prom: PrometheusProcess, runs: int, counting: int) -> None:
     total = f"sum({names.TTL_EXPIRIES})"
     wait_until(lambda: scalar(prom, total) == runs, f"{total} == {runs}", timeout=30)
-    assert scalar(prom, f"sum({names.WATCHER_COUNTING})") == counting
+    counting_now = f"sum({names.WATCHER_COUNTING})"
+    wait_until(lambda: scalar(prom, counting_now) == counting, f"{counting_now} == {counting}")
     # rate()/increase() extrapolate by up to a scrape interval at each edge: on series tens of
     # seconds long that is a few percent, and it shrinks as the series grow. Double counting
     # (x2, x5) never enters these bands.
