@@ -164,7 +164,7 @@ class FleetWatcher:
                         break
                 else:
                     state.redis_up = True  # standing by, Redis answering
-                    state.last_error = None
+                    state.last_error = state.refused = None
                 return
             key = slot_key(self.key_prefix, state.slot)
             renewed = await client.eval(RENEW, 1, key, self.token, self.slot_ttl_ms)

@@ -12,7 +12,8 @@ the agents' processes to be visible: in Kubernetes, ``shareProcessNamespace: tru
 Without it every agent pid looks gone, so a guard applies: pids are only reaped while at least
 one *other* pid of the directory is seen alive (proof that the namespace is shared). Pid 1 and
 the sidecar's own pid prove nothing (in a container of its own the sidecar is often pid 1, and
-an agent in its own container may be too), and are never reaped.
+an agent in its own container may be too), and are never reaped. The directory must be
+writable from the sidecar (files are removed); a read-only mount is reported once.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class DeadAgentReaper:
         self.reaped = 0  # processes whose live gauges were dropped
         self._done: set[int] = set()
         self._warned = False
+        self._warned_unwritable = False
 
     def sweep(self) -> list[int]:
         """One pass; returns the pids reaped now."""
@@ -81,7 +83,11 @@ class DeadAgentReaper:
         reaped = []
         for pid in sorted(live_gauges - uninformative - self._done):
             if states.get(pid) == "gone":
-                mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
+                try:
+                    mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
+                except OSError as exc:  # a read-only mount: say so once, retry next pass
+                    self._warn_unwritable(exc)
+                    continue
                 self._done.add(pid)
                 reaped.append(pid)
         self._done &= pids  # a pid number reused later is judged afresh
@@ -92,6 +98,14 @@ class DeadAgentReaper:
                 len(reaped), ", ".join(map(str, reaped)), extra={"pids": reaped},
             )  # fmt: skip
         return reaped
+
+    def _warn_unwritable(self, exc: OSError) -> None:
+        if not self._warned_unwritable:
+            self._warned_unwritable = True
+            log.warning(
+                "cannot drop a dead agent's live gauges in %s (%s): mount it writable in the "
+                "sidecar", self.directory, exc.strerror or exc,
+            )  # fmt: skip
 
     def _warn_blind(self, states: dict[int, str]) -> None:
         if states and not self._warned:

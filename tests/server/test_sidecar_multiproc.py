@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from sidecar import names
 from sidecar.server.embedded import EmbeddedServer, free_port
+from sidecar.server.reaper import DeadAgentReaper
 
 from .helpers import SidecarProcess, clean_env, serve_args, start_agent, wait_until
 
@@ -111,3 +114,29 @@ def test_an_agent_killed_with_its_circuit_open_leaves_no_stale_gauge(
             if agent.poll() is None:
                 agent.kill()
             agent.wait(10)
+
+
+def test_the_reaper_drops_nothing_while_it_sees_no_agent_alive(tmp_path: Path) -> None:
+    """Without a shared pid namespace every agent pid looks gone: nothing may be dropped then.
+    One agent seen alive proves the namespace is shared; then the gone ones are dropped."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    (tmp_path / f"counter_{gone.pid}.db").write_bytes(b"")
+    (tmp_path / f"gauge_livemax_{gone.pid}.db").write_bytes(b"")
+    (tmp_path / "gauge_livemax_1.db").write_bytes(b"")  # pid 1 proves nothing
+    reaper = DeadAgentReaper(tmp_path)
+    assert reaper.sweep() == []
+    assert (tmp_path / f"gauge_livemax_{gone.pid}.db").exists()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f"counter_{alive.pid}.db").write_bytes(b"")
+        (tmp_path / f"gauge_livemax_{alive.pid}.db").write_bytes(b"")
+        assert reaper.sweep() == [gone.pid]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [f"counter_{gone.pid}.db", f"counter_{alive.pid}.db",
+             f"gauge_livemax_{alive.pid}.db", "gauge_livemax_1.db"]
+        )  # fmt: skip
+        assert reaper.sweep() == []  # once
+    finally:
+        alive.kill()
+        alive.wait(10)
