@@ -235,8 +235,8 @@ class FleetWatcher:
         self._restart_at = None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            # gather, not suppress(BaseException): a cancel of *this* task must still propagate
+            await asyncio.gather(task, return_exceptions=True)
         self.state.subscribed = False
 
     def _supervise(self) -> None:
