@@ -68,6 +68,16 @@ def slot_key(prefix: str, slot: int) -> str:
     return f"{prefix}:sidecar:watcher:{slot}"
 
 
+def is_sidecar_key(prefix: str, key: str | bytes) -> bool:
+    """A key the sidecars write for themselves under ``prefix``: a slot lease or a claim."""
+    name = key.decode(errors="replace") if isinstance(key, bytes) else key
+    head = f"{prefix}:"
+    if not name.startswith(head):
+        return False
+    rest = name[len(head) :]
+    return rest.startswith("sidecar:watcher:") or (rest.startswith("{") and "}:counted:" in rest)
+
+
 def new_token() -> str:
     """A token unique to this sidecar process (host and pid for whoever reads the key)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"

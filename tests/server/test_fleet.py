@@ -18,7 +18,7 @@ from redis.crc import key_slot
 
 from sidecar.keys import parse_key, run_keys
 from sidecar.server.embedded import EmbeddedServer
-from sidecar.server.fleet import FleetWatcher, slot_key
+from sidecar.server.fleet import FleetWatcher, is_sidecar_key, slot_key
 from sidecar.server.watcher import claim_key
 
 Starter = Callable[..., FleetWatcher]
@@ -67,7 +67,11 @@ def test_claim_keys_share_the_run_slot_and_are_not_run_keys() -> None:
         assert claim == f"{event_key.rsplit(':', 1)[0]}:counted:{kind}".encode()
         assert key_slot(claim) == key_slot(event_key.encode())  # same shard as the event
         assert parse_key("fl", claim) is None  # never mistaken for a run's key
+        assert is_sidecar_key("fl", claim)
     assert parse_key("fl", slot_key("fl", 0)) is None
+    assert is_sidecar_key("fl", slot_key("fl", 1).encode())
+    assert not any(is_sidecar_key("fl", k) for k in keys.all)
+    assert not is_sidecar_key("other", slot_key("fl", 0))
 
 
 async def test_k_sidecars_count_the_others_stand_by_and_each_expiry_counts_once(
