@@ -44,6 +44,7 @@ from redis.exceptions import AskError, MovedError, OutOfMemoryError, RedisError,
 
 from sidecar.config import redact_url
 from sidecar.keys import parse_key, validate_prefix
+from sidecar.langgraph import keys as lg_keys
 from sidecar.server.clients import close_all, run_to_end, sidecar_client
 from sidecar.sockets import OwnedSockets
 
@@ -196,6 +197,9 @@ class ExpiryWatcher:
         self.connect_timeout = connect_timeout
         self.state = WatcherState()
         self._head = f"{self.key_prefix}:{{".encode()
+        # a LangGraph thread (sidecar.langgraph.keys) expires when its counting key does
+        self._thread_head = f"{self.key_prefix}:lg:{{".encode()
+        self._thread_end = f"}}:{lg_keys.COUNTING_KIND}".encode()
         # Counts what cannot be claimed (evictions, claims refused for memory); in a fleet only
         # the holder of counting slot 0 is primary (set by sidecar.server.fleet).
         self.primary = True
@@ -363,7 +367,17 @@ class ExpiryWatcher:
         )
 
     def _pick(self, key: bytes, evicted: bool) -> tuple[bytes, str] | None:
-        """``(claim key, counter)`` for an event of ours, None for anything else."""
+        """``(claim key, counter)`` for an event of ours, None for anything else.
+
+        A run is counted by its ``meta`` key, a LangGraph thread by its index key (one per
+        thread, existing exactly while it has a checkpoint); the other keys of either are not.
+        """
+        if key.startswith(self._thread_head):
+            if not key.endswith(self._thread_end):
+                return None
+            if evicted:
+                return claim_key(key, "evicted"), _EVICTED
+            return claim_key(key, lg_keys.COUNTING_KIND), _TTL
         if not key.startswith(self._head):
             return None
         if evicted:  # the run's progress is gone with its meta (sections alone: not counted)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -179,3 +180,29 @@ def test_a_frozen_server_is_noticed_and_recovered(
         private_server.resume()
     wait_until(lambda: sc.metric(names.WATCHER_COUNTING) == 1, "the watcher to recover")
     assert sc.metric(names.WATCHER_UP) == 1
+
+
+def test_an_expired_langgraph_thread_counts_once(
+    private_server: EmbeddedServer, client: redis.Redis, sidecar_factory: Factory
+) -> None:
+    """A LangGraph thread (sidecar.langgraph) is counted by its index key: once per thread,
+    however many keys it has; its claim and its other keys are not counted."""
+    pytest.importorskip("langgraph.checkpoint.base", reason="the langgraph extra")
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from sidecar import CheckpointConfig, SyncCheckpointer
+    from sidecar.langgraph import SidecarSaver
+
+    sc = sidecar_factory(*serve_args(private_server.url, "lgw")).wait_serving()
+    cfg = CheckpointConfig(key_prefix="lgw", ttl_seconds=1, budget_ms=2000)
+    with SyncCheckpointer.from_url(private_server.url, config=cfg) as cp:
+        saver = SidecarSaver(cp)
+        for thread in ("t1", "t2"):
+            config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+            for _ in range(3):
+                config = saver.put(config, empty_checkpoint(), {"source": "loop", "step": 1}, {})
+    wait_until(lambda: sc.metric(names.TTL_EXPIRIES) == 2, "2 thread expiries on /metrics")
+    wait_until(lambda: all_keys_gone(client), "every key to expire")
+    expire_marker(client, "lgw", "m1")
+    wait_until(lambda: sc.metric(names.TTL_EXPIRIES) == 3, "the marker expiry")
+    assert sc.metric(names.LEASE_EXPIRIES) == 0
