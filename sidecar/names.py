@@ -27,6 +27,7 @@ WATCHER_UP: Final = "sidecar_expiry_watcher_up"
 WATCHER_COUNTING: Final = "sidecar_expiry_watcher_counting"
 WATCHER_RECONNECTS: Final = "sidecar_expiry_watcher_reconnects_total"
 REDIS_UP: Final = "sidecar_redis_up"
+AGENTS_REAPED: Final = "sidecar_dead_agent_processes_total"
 
 # --- label values -------------------------------------------------------------------------
 # operation: the seven verbs of the seed's manager, plus the lease and progress bookkeeping.

@@ -89,7 +89,7 @@ def metrics_for(registry: CollectorRegistry | None, budget_seconds: float) -> Me
                 names.BUDGET_SECONDS,
                 "The configured overhead budget of one checkpoint operation.",
                 registry=reg,
-                multiprocess_mode="max",
+                multiprocess_mode="livemax",  # a dead process's budget leaves with it
             ),
             section_bytes=Histogram(
                 names.SECTION_BYTES,

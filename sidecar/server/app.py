@@ -20,8 +20,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-def make_app(registry: CollectorRegistry, readiness: Readiness) -> ASGIApp:
-    """The ASGI app: ``readiness()`` returns ``(ready, details)`` for ``/readyz``."""
+def make_app(
+    registry: CollectorRegistry, readiness: Readiness, liveness: Readiness | None = None
+) -> ASGIApp:
+    """The ASGI app: ``readiness()`` returns ``(ready, details)`` for ``/readyz``, and
+    ``liveness()`` the same for ``/healthz`` (always alive when not given)."""
     metrics_app: ASGIApp = make_asgi_app(registry)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -38,7 +41,10 @@ def make_app(registry: CollectorRegistry, readiness: Readiness) -> ASGIApp:
         elif path == "/metrics":
             await metrics_app(scope, receive, send)
         elif path == "/healthz":
-            await _json(send, 200, {"status": "ok"})
+            alive, details = liveness() if liveness is not None else (True, {})
+            await _json(
+                send, 200 if alive else 503, {"status": "ok" if alive else "wedged", **details}
+            )
         else:
             ready, details = readiness()
             await _json(send, 200 if ready else 503, {"status": _status(ready), **details})

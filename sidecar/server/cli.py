@@ -28,7 +28,7 @@ from sidecar.server.settings import budget_help, library_config
 
 PROG = "checkpoint-sidecar"
 USAGE_ERROR = 2
-connect_seconds = bounded(float, "a number of seconds", 0.0, 3600.0)
+connect_seconds = bounded(float, "a number of seconds", 0.0, 3600.0, low_open=True)
 
 
 def version() -> str:
@@ -76,8 +76,9 @@ def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
         help="run the sidecar: /metrics, /healthz, /readyz and the TTL-expiry watcher",
         description=(
             "Serve Prometheus metrics and health endpoints, and count checkpoints that expired "
-            "unused (Redis expiry events). Without --redis-url and SIDECAR_REDIS_URL it starts "
-            "a private embedded Valkey. Stops cleanly (exit 0) on SIGTERM or SIGINT."
+            "unused (Redis expiry events). Needs --redis-url or SIDECAR_REDIS_URL, or --embedded "
+            "for a private Valkey. HTTP is served at once; Redis is connected in the background. "
+            "Stops cleanly (exit 0) on SIGTERM or SIGINT."
         ),
     )
     where = p.add_mutually_exclusive_group()
@@ -134,9 +135,18 @@ def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
         "--connect-timeout",
         type=connect_seconds,
         metavar="SECONDS",
-        default=_env("SIDECAR_CONNECT_TIMEOUT", "30"),
-        help="how long to wait at start for Redis to answer (env SIDECAR_CONNECT_TIMEOUT, "
-        "default 30)",
+        default=_env("SIDECAR_CONNECT_TIMEOUT", "2"),
+        help="how long one connection attempt or command to Redis may take; failed attempts "
+        "are retried with backoff, never fatal (env SIDECAR_CONNECT_TIMEOUT, default 2)",
+    )
+    p.add_argument(
+        "--watcher-slots",
+        type=bounded(int, "a number of slots", 1, 64),
+        metavar="K",
+        default=_env("SIDECAR_WATCHER_SLOTS", "2"),
+        help="how many sidecars per Redis count expiries (the others stand by and take over "
+        "within seconds); counts stay exact whatever K, each event being claimed once "
+        "(env SIDECAR_WATCHER_SLOTS, default 2)",
     )
     p.add_argument(
         "--log-level",

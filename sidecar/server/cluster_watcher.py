@@ -14,13 +14,17 @@ on the primaries only: a replica that is down does not make the sidecar unready.
 Topology is followed by re-reading ``CLUSTER NODES`` from any reachable node (the URL's node and
 every node seen since): every ``discovery_interval`` seconds, and every 0.5 s while a primary's
 loop has lost its subscription. A node that leaves the topology (removed, failed) has its loop
-stopped; its counts are kept.
+stopped; its counts are kept. A node loop that dies of an unexpected error (a bug, not a lost
+connection: those it survives by itself) is logged with its traceback and restarted with
+backoff; meanwhile ``state.failed`` names it, so ``sidecar_expiry_watcher_up`` and
+``..._counting`` say 0; its re-subscription counts in ``sidecar_expiry_watcher_reconnects_total``.
 
 Shape::
 
     ClusterExpiryWatcher.run()
       ├── _discover()                 CLUSTER NODES -> nodes (not failed, with an address)
       ├── ExpiryWatcher(node_url).run() per node (reconnect loop, SUBSCRIBE, count)
+      ├── _supervise()                restarts a node loop that died, with backoff
       └── _refresh()                  sums the node states into ``state`` every 0.1 s
 """
 
@@ -42,6 +46,7 @@ from sidecar.sockets import OwnedSockets
 log = logging.getLogger("sidecar.watcher")
 
 Address = tuple[str, int]
+_COUNTS = ("ttl_expiries", "lease_expiries", "evictions", "reconnects", "subscriptions")
 
 
 def node_url(cluster_url: str, address: Address) -> str:
@@ -90,6 +95,8 @@ class ClusterExpiryWatcher:
         discovery_interval: float = 5.0,
         health_interval: float = 1.0,
         connect_timeout: float = 2.0,
+        restart_initial: float = 0.5,
+        restart_max: float = 10.0,
     ) -> None:
         self.redis_url = redis_url
         self.key_prefix = validate_prefix(key_prefix)
@@ -104,6 +111,22 @@ class ClusterExpiryWatcher:
         self._tasks: dict[Address, asyncio.Task[None]] = {}
         self._retired = WatcherState()  # counts of loops stopped after a topology change
         self._first: set[Address] | None = None
+        self.restart_initial = restart_initial
+        self.restart_max = restart_max
+        self._restart_at: dict[Address, float] = {}  # a died loop's restart time
+        self._restart_delay: dict[Address, float] = {}
+        self._primary = True
+
+    @property
+    def primary(self) -> bool:
+        """Counts evictions (see :class:`ExpiryWatcher`); passed on to every node loop."""
+        return self._primary
+
+    @primary.setter
+    def primary(self, value: bool) -> None:
+        self._primary = value
+        for watcher in self.nodes.values():
+            watcher.primary = value
 
     @property
     def seed_url(self) -> str:
@@ -129,10 +152,44 @@ class ClusterExpiryWatcher:
                 if since >= self.discovery_interval or (lagging and since >= 0.5):
                     await self._discover()  # on a timer, and soon after a primary is lost
                     last = time.monotonic()
+                self._supervise()
                 self._refresh()
                 await asyncio.sleep(0.1)
         finally:
             await self._stop_all()
+
+    def _supervise(self) -> None:
+        """Restart, with backoff, a node loop that died of an unexpected error."""
+        now = time.monotonic()
+        for address, task in list(self._tasks.items()):
+            watcher = self.nodes[address]
+            if address in self._restart_at:
+                if now < self._restart_at[address]:
+                    continue
+                del self._restart_at[address]
+                watcher.state.failed = None
+                self._start(address, watcher)
+                continue
+            if not task.done() or task.cancelled():
+                continue
+            exc = task.exception()
+            delay = self._restart_delay.get(address, self.restart_initial)
+            self._restart_delay[address] = min(delay * 2, self.restart_max)
+            self._restart_at[address] = now + delay
+            watcher.state.failed = f"{type(exc).__name__}: {exc}"
+            watcher.state.subscribed = watcher.state.redis_up = False
+            log.error(
+                "expiry watcher on %s:%d died; restarting in %.1f s",
+                *address,
+                delay,
+                exc_info=exc,
+                extra={"error": watcher.state.failed},
+            )
+
+    def _start(self, address: Address, watcher: ExpiryWatcher) -> None:
+        self._tasks[address] = asyncio.create_task(
+            watcher.run(), name=f"expiry-watcher-{address[0]}:{address[1]}"
+        )
 
     async def _discover(self) -> None:
         for seed in list(dict.fromkeys([*self.nodes, *self._seeds])):
@@ -181,11 +238,11 @@ class ClusterExpiryWatcher:
                 watcher = ExpiryWatcher(
                     node_url(self.redis_url, address), self.key_prefix,
                     health_interval=self.health_interval, connect_timeout=self.connect_timeout,
+                    batch_script=False,
                 )  # fmt: skip
+                watcher.primary = self._primary
                 self.nodes[address] = watcher
-                self._tasks[address] = asyncio.create_task(
-                    watcher.run(), name=f"expiry-watcher-{address[0]}:{address[1]}"
-                )
+                self._start(address, watcher)
         if self._first is None:
             self._first = {a for a, is_primary in nodes.items() if is_primary}
 
@@ -193,7 +250,9 @@ class ClusterExpiryWatcher:
         watcher = self.nodes.pop(address)
         self._is_primary.pop(address, None)
         self._tasks.pop(address).cancel()
-        for name in ("ttl_expiries", "lease_expiries", "reconnects", "subscriptions"):
+        self._restart_at.pop(address, None)
+        self._restart_delay.pop(address, None)
+        for name in _COUNTS:
             setattr(
                 self._retired, name, getattr(self._retired, name) + getattr(watcher.state, name)
             )
@@ -202,7 +261,7 @@ class ClusterExpiryWatcher:
         """Aggregate the node states into :attr:`state` (read by /readyz and /metrics): counts
         over every node, readiness over the primaries."""
         state, every = self.state, [w.state for w in self.nodes.values()]
-        for name in ("ttl_expiries", "lease_expiries", "reconnects", "subscriptions"):
+        for name in _COUNTS:
             setattr(
                 state, name, getattr(self._retired, name) + sum(getattr(n, name) for n in every)
             )
@@ -215,15 +274,23 @@ class ClusterExpiryWatcher:
         state.last_error = errors[0] if errors else (None if state.subscribed else state.last_error)
         refused = [n.refused for n in nodes if n.refused]
         state.refused = refused[0] if refused else None
+        failed = [f"{a[0]}:{a[1]}: {w.state.failed}" for a, w in self.nodes.items()
+                  if w.state.failed]  # fmt: skip
+        state.failed = failed[0] if failed else None
         first = self._first or set()
         if first and all(a in self.nodes and self.nodes[a].state.ever_subscribed.is_set()
                          for a in first):  # fmt: skip
             state.ever_subscribed.set()
 
     async def _stop_all(self) -> None:
+        """Stop every node loop, keeping their counts (``run()`` may be called again)."""
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        for address in list(self.nodes):
+            self._retire(address)
+        self._refresh()
+        self.state.subscribed = False

@@ -20,6 +20,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from sidecar import names
+from sidecar.server.reaper import DeadAgentReaper
 from sidecar.server.watcher import WatcherState
 
 __all__ = ["WatcherCollector", "build_registry"]
@@ -27,25 +28,38 @@ __all__ = ["WatcherCollector", "build_registry"]
 _HELP = {
     names.TTL_EXPIRIES: "Checkpointed runs that expired (TTL) without being resumed or cleaned up.",
     names.LEASE_EXPIRIES: "Run leases that expired: the worker holding the run stopped renewing.",
-    names.WATCHER_UP: "1 when the expiry watcher is subscribed and expiry events are confirmed on.",
-    names.WATCHER_RECONNECTS: "Times the expiry watcher re-subscribed after losing Redis.",
+    names.RUN_EVICTIONS: "Checkpointed runs whose keys maxmemory evicted (lost to memory "
+    "pressure).",
+    names.WATCHER_UP: "1 when this sidecar's expiry watcher is healthy: counting, or standing by "
+    "with Redis answering.",
+    names.WATCHER_COUNTING: "1 while this sidecar holds a counting slot, is subscribed and expiry "
+    "events are confirmed on. sum() over the fleet: 0 means no expiry is being counted.",
+    names.WATCHER_RECONNECTS: "Times the expiry watcher re-subscribed after losing Redis, or was "
+    "restarted after an unexpected error.",
     names.REDIS_UP: "1 while the sidecar's Redis connection answers.",
+    names.AGENTS_REAPED: "Agent processes found gone whose live gauges were dropped from the "
+    "multiprocess directory.",
 }
 
 
 class WatcherCollector(Collector):
     """Exposes a :class:`WatcherState` as counters and gauges at scrape time."""
 
-    def __init__(self, state: WatcherState) -> None:
+    def __init__(self, state: WatcherState, reaper: DeadAgentReaper | None = None) -> None:
         self._state = state
+        self._reaper = reaper
 
     def collect(self) -> Iterable[Metric]:
         s = self._state
         yield _counter(names.TTL_EXPIRIES, s.ttl_expiries)
         yield _counter(names.LEASE_EXPIRIES, s.lease_expiries)
+        yield _counter(names.RUN_EVICTIONS, s.evictions)
         yield _counter(names.WATCHER_RECONNECTS, s.reconnects)
         yield _gauge(names.WATCHER_UP, 1.0 if s.up else 0.0)
+        yield _gauge(names.WATCHER_COUNTING, 1.0 if s.counting and not s.failed else 0.0)
         yield _gauge(names.REDIS_UP, 1.0 if s.redis_up else 0.0)
+        if self._reaper is not None:
+            yield _counter(names.AGENTS_REAPED, self._reaper.reaped)
 
     def describe(self) -> Iterable[Metric]:
         # Lets the registry refuse a second collector exposing the same names.
@@ -65,6 +79,7 @@ def build_registry(
     *,
     multiproc_dir: str | Path | None = None,
     registry: CollectorRegistry | None = None,
+    reaper: DeadAgentReaper | None = None,
 ) -> CollectorRegistry:
     """The registry ``/metrics`` serves.
 
@@ -76,7 +91,7 @@ def build_registry(
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-    registry.register(WatcherCollector(state))
+    registry.register(WatcherCollector(state, reaper))
     if multiproc_dir is not None:
         path = Path(multiproc_dir)
         path.mkdir(parents=True, exist_ok=True)

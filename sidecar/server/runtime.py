@@ -6,9 +6,12 @@ process::
     async with Sidecar(redis_url="redis://127.0.0.1:6379/0", port=0) as sc:
         print(sc.metrics_url, sc.expiries)
 
-Entering waits for Redis (up to ``connect_timeout``), subscribes the watcher and binds the
-HTTP socket; leaving stops accepting requests, unsubscribes and closes Redis. Signals are the
-caller's business: uvicorn's own signal handling is disabled here.
+``start(wait=False)`` (what ``serve`` does) binds and serves HTTP at once and leaves Redis to
+the watcher, which connects in the background with backoff: Redis down never takes the
+sidecar's ``/metrics`` down. Entering the context manager (``start()``) also waits, up to
+``connect_timeout``, until the watcher is in its role (counting, or standing by in a fleet).
+Leaving stops accepting requests, hands the counting slot back, unsubscribes and closes Redis.
+Signals are the caller's business: uvicorn's own signal handling is disabled here.
 """
 
 from __future__ import annotations
@@ -25,15 +28,13 @@ from typing import Any, Self
 
 import uvicorn
 from prometheus_client import CollectorRegistry
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from sidecar.config import CheckpointConfig, redact_url
 from sidecar.server.app import make_app
-from sidecar.server.clients import close_all, run_to_end, sidecar_client
-from sidecar.server.cluster_watcher import ClusterExpiryWatcher
+from sidecar.server.fleet import DEFAULT_SLOTS, FleetWatcher
 from sidecar.server.metrics import build_registry
-from sidecar.server.watcher import ExpiryWatcher, WatcherState
-from sidecar.sockets import OwnedSockets
+from sidecar.server.reaper import DeadAgentReaper
+from sidecar.server.watcher import WatcherState
 
 log = logging.getLogger("sidecar.server")
 
@@ -58,8 +59,12 @@ class Sidecar:
 
     ``redis_url`` and ``key_prefix`` default to :class:`~sidecar.CheckpointConfig` (so to the
     ``SIDECAR_*`` environment). ``port=0`` binds a free port (see :attr:`port`).
-    ``multiproc_dir`` adds the metrics of every agent process writing into that directory.
-    ``registry``: serve and extend this registry instead of a fresh one.
+    ``multiproc_dir`` adds the metrics of every agent process writing into that directory (and
+    drops the live gauges of those that are gone, every ``reap_interval`` seconds).
+    ``registry``: serve and extend this registry instead of a fresh one. ``watcher_slots``: how
+    many sidecars per Redis count expiries (see :mod:`sidecar.server.fleet`).
+    ``connect_timeout``: how long :meth:`start` waits for the watcher (``wait=True``);
+    ``redis_timeout``: how long one connection attempt or command to Redis may take.
     """
 
     def __init__(
@@ -73,6 +78,10 @@ class Sidecar:
         registry: CollectorRegistry | None = None,
         connect_timeout: float = 30.0,
         health_interval: float = 1.0,
+        redis_timeout: float = 2.0,
+        watcher_slots: int = DEFAULT_SLOTS,
+        slot_ttl: float = 3.0,
+        reap_interval: float = 5.0,
     ) -> None:
         overrides: dict[str, Any] = {}
         if redis_url is not None:
@@ -83,29 +92,32 @@ class Sidecar:
         self.config = config
         self.host = host
         self.connect_timeout = connect_timeout
-        self.watcher: ExpiryWatcher | ClusterExpiryWatcher
-        if config.is_cluster:  # redis+cluster://: a subscription per node, replicas as standbys
-            self.watcher = ClusterExpiryWatcher(
-                config.redis_url, config.key_prefix, health_interval=health_interval
-            )
-        else:
-            self.watcher = ExpiryWatcher(
-                config.redis_url, config.key_prefix, health_interval=health_interval
-            )
+        # redis+cluster://: a subscription per node, replicas as standbys (while counting)
+        self.watcher = FleetWatcher(
+            config.redis_url, config.key_prefix, cluster=config.is_cluster,
+            slots=watcher_slots, slot_ttl=slot_ttl, health_interval=health_interval,
+            connect_timeout=redis_timeout,
+        )  # fmt: skip
+        self.reaper = (
+            DeadAgentReaper(multiproc_dir, reap_interval) if multiproc_dir is not None else None
+        )
         try:
             self.registry = build_registry(
-                self.watcher.state, multiproc_dir=multiproc_dir, registry=registry
-            )
+                self.watcher.state, multiproc_dir=multiproc_dir, registry=registry,
+                reaper=self.reaper,
+            )  # fmt: skip
         except OSError as exc:
             raise SidecarStartError(
                 f"multiprocess directory {multiproc_dir}: {exc.strerror or exc}"
             ) from None
         self.multiproc_dir = multiproc_dir
         self._requested_port = port
+        self._stopping = False
         self._socket: socket.socket | None = None
         self._server: _Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self._watcher_task: asyncio.Task[None] | None = None
+        self._reaper_task: asyncio.Task[None] | None = None
 
     # --- what callers read ------------------------------------------------------------
     @property
@@ -139,33 +151,50 @@ class Sidecar:
         return f"{self.base_url}/metrics"
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """``(ready, details)`` as ``/readyz`` reports it."""
+        """``(ready, details)`` as ``/readyz`` reports it.
+
+        Ready means serving: HTTP bound and the process healthy (see :meth:`liveness`). Redis is
+        reported, not required: ``/readyz`` gates the whole agent pod, and a Redis blip must not
+        take every agent pod out of its Service.
+        """
         s = self.watcher.state
+        alive, _ = self.liveness()
         details: dict[str, Any] = {
             "redis": "up" if s.redis_up else "down",
-            "watcher": "subscribed" if s.subscribed else "not subscribed",
+            "watcher": _watcher_status(s),
             "expiry_events": s.expiry_events,
         }
-        if s.last_error and not s.ready:
-            details["error"] = s.last_error
-        return s.ready, details
+        if s.slot is not None:
+            details["slot"] = s.slot
+        problem = s.failed or s.refused or (None if s.watching else s.last_error)
+        if problem:
+            details["error"] = problem
+        ready = alive and self._server is not None and self._server.started
+        return ready, details
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """``(alive, details)`` as ``/healthz`` reports it: False only when the process is
+        wedged — a background task (watcher, reaper) ended although nothing stopped it."""
+        dead = [
+            t.get_name()
+            for t in (self._watcher_task, self._reaper_task)
+            if t is not None and t.done() and not self._stopping
+        ]
+        if dead:
+            return False, {"stopped": dead}
+        return True, {}
 
     # --- lifecycle --------------------------------------------------------------------
-    async def start(self) -> None:
-        """Wait for Redis, subscribe the watcher, bind and serve HTTP."""
-        probe = self.config.redis_url
-        if isinstance(self.watcher, ClusterExpiryWatcher):
-            probe = self.watcher.seed_url  # a plain URL of the cluster node given
-        await wait_for_redis(probe, self.connect_timeout)
+    async def start(self, *, wait: bool = True) -> None:
+        """Bind and serve HTTP, start the watcher (Redis in the background); with ``wait``,
+        also wait until the watcher is in its role (:meth:`wait_watching`)."""
+        self._stopping = False
         self._socket = _bind(self.host, self._requested_port)
         self._watcher_task = asyncio.create_task(self.watcher.run(), name="expiry-watcher")
-        try:
-            await self._wait_subscribed()
-        except BaseException:
-            await self.stop()
-            raise
+        if self.reaper is not None:
+            self._reaper_task = asyncio.create_task(self.reaper.run(), name="multiproc-reaper")
         config = uvicorn.Config(
-            make_app(self.registry, self.readiness),
+            make_app(self.registry, self.readiness, self.liveness),
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -181,6 +210,12 @@ class Sidecar:
         if self._server_task.done():
             await self.stop()
             raise SidecarStartError(f"HTTP server on {self.base_url} stopped at start")
+        if wait:
+            try:
+                await self.wait_watching(self.connect_timeout)
+            except BaseException:
+                await self.stop()
+                raise
         log.info(
             "sidecar serving %s (watching %s, key prefix %r)",
             self.metrics_url,
@@ -189,47 +224,49 @@ class Sidecar:
             extra={"metrics_url": self.metrics_url, "key_prefix": self.config.key_prefix},
         )
 
-    async def _wait_subscribed(self) -> None:
+    async def wait_watching(self, within: float) -> None:
+        """Wait until the watcher is connected and in its role: counting (subscribed), or
+        standing by while other sidecars hold every counting slot."""
         assert self._watcher_task is not None
         state = self.watcher.state
-        deadline = time.monotonic() + self.connect_timeout
-        while not state.ever_subscribed.is_set():
+        deadline = time.monotonic() + within
+        while not state.watching:
             if self._watcher_task.done():
                 self._watcher_task.result()  # raises what made it stop
             where = redact_url(self.config.redis_url)
             if state.refused:
                 raise SidecarStartError(
-                    f"Redis at {where} refused the expiry watcher ({state.refused}); its user "
-                    "needs SUBSCRIBE and the channel __keyevent@*__:expired"
+                    f"Redis at {where} refused the sidecar ({state.refused}); see "
+                    "docs/security.md, 'Sidecar ACL user' (SUBSCRIBE __keyevent@*__:expired)"
                 )
             if time.monotonic() > deadline:
+                what = "not reachable" if not state.redis_up else "could not subscribe"
                 raise SidecarStartError(
-                    f"the expiry watcher could not subscribe on {where} within "
-                    f"{self.connect_timeout:g} s: {state.last_error}"
+                    f"Redis at {where} {what} after {within:g} s: {state.last_error}"
                 )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.05):  # asyncio.wait_for can drop a cancel on 3.11
-                    await state.ever_subscribed.wait()
+            await asyncio.sleep(0.02)
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set; raises if the HTTP server or the watcher died."""
+        """Serve until ``stop`` is set; raises if the HTTP server or a background task died."""
         assert self._server_task is not None
         assert self._watcher_task is not None
         stopper = asyncio.ensure_future(stop.wait())
+        tasks = {self._server_task, self._watcher_task}
+        if self._reaper_task is not None:
+            tasks.add(self._reaper_task)
         try:
-            done, _ = await asyncio.wait(
-                {stopper, self._server_task, self._watcher_task},
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
-        for task in (self._server_task, self._watcher_task):
+        for task in tasks:
             if task in done:
                 task.result()
                 raise SidecarStartError(f"{task.get_name()} stopped unexpectedly")
 
     async def stop(self) -> None:
-        """Stop accepting requests, unsubscribe, close Redis. Safe to call twice."""
+        """Stop accepting requests, hand the slot back, unsubscribe, close Redis. Safe to call
+        twice."""
+        self._stopping = True
         if self._server is not None and self._server_task is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
@@ -240,13 +277,14 @@ class Sidecar:
                 self._server_task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._server_task
-        if self._watcher_task is not None:
-            self._watcher_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._watcher_task
+        for task in (self._reaper_task, self._watcher_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self._socket is not None:
             self._socket.close()
-        self._server = self._server_task = self._watcher_task = None
+        self._server = self._server_task = self._watcher_task = self._reaper_task = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -275,32 +313,9 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def wait_for_redis(url: str, wait_seconds: float) -> None:
-    """Wait until Redis answers PING, retrying with backoff for up to ``wait_seconds``.
-
-    A refused login or command fails at once (waiting will not fix a wrong password).
-    """
-    deadline = time.monotonic() + wait_seconds
-    delay = 0.1
-    last = "no attempt"
-    while True:
-        sockets = OwnedSockets()
-        client = sidecar_client(url, sockets, connect_timeout=2.0)
-        try:
-            async with asyncio.timeout(2.0):  # not a socket timeout: see server/clients.py
-                await client.ping()
-            return
-        except (AuthenticationError, ResponseError) as exc:
-            raise SidecarStartError(f"Redis at {redact_url(url)} refused us: {exc}") from None
-        except (RedisError, OSError) as exc:
-            last = str(exc) or type(exc).__name__
-        finally:
-            await run_to_end(close_all(sockets, client))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise SidecarStartError(
-                f"Redis at {redact_url(url)} not reachable after {wait_seconds:g} s: {last}"
-            )
-        log.debug("waiting for Redis at %s: %s", redact_url(url), last)
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * 2, 2.0)
+def _watcher_status(s: WatcherState) -> str:
+    if s.failed:
+        return "failed"
+    if s.standby:
+        return "standing by" if s.redis_up else "not connected"
+    return "counting" if s.subscribed else "not subscribed"

@@ -1,5 +1,10 @@
 """``checkpoint-sidecar serve``: settings, the embedded server, signals, exit codes.
 
+HTTP is bound and served at once; Redis is the watcher's business, in the background (an
+outage is reported on /metrics and /readyz's body, never an exit). A missing Redis URL is an
+error unless ``--embedded`` asks for a private server: a production sidecar whose variable is
+missing must not quietly watch an empty server of its own.
+
 SIGTERM and SIGINT are handled here (not by uvicorn, which would re-raise them and make the
 exit code -15): stop accepting, unsubscribe, close Redis, stop the embedded server, exit 0.
 """
@@ -88,9 +93,14 @@ def _config(args: argparse.Namespace) -> CheckpointConfig:
 
 @contextlib.contextmanager
 def _redis(args: argparse.Namespace, config: CheckpointConfig) -> Iterator[str]:
-    """The URL to watch; starts (and finally stops) the embedded server when asked or implied."""
+    """The URL to watch; starts (and finally stops) the embedded server when asked."""
     explicit = bool(args.redis_url) or "redis_url" in config.model_fields_set
-    if not args.embedded and explicit:
+    if not args.embedded:
+        if not explicit:
+            raise ServeError(
+                "no Redis to watch: set --redis-url or SIDECAR_REDIS_URL "
+                "(or pass --embedded for a private server)"
+            )
         yield config.redis_url
         return
     from sidecar.server.embedded import EmbeddedServer, EmbeddedServerError
@@ -153,19 +163,10 @@ async def _serve(
             host=args.host,
             port=args.port,
             multiproc_dir=multiproc_dir,
-            connect_timeout=args.connect_timeout,
+            redis_timeout=args.connect_timeout,
+            watcher_slots=args.watcher_slots,
         )
-        starting = asyncio.ensure_future(sidecar.start())
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():  # a signal while waiting for Redis: give up quietly
-            starting.cancel()
-            with contextlib.suppress(BaseException):
-                await starting
-            await sidecar.stop()
-            return 0
-        stopper.cancel()
-        starting.result()
+        await sidecar.start(wait=False)  # Redis comes in the background
         try:
             print(f"serving {sidecar.metrics_url} (watching {redact_url(redis_url)})", flush=True)
             async with serve_api(args, sidecar):  # the HTTP API beside /metrics (sidecar.api)

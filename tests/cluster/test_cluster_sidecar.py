@@ -20,10 +20,11 @@ async def test_serve_on_a_cluster_counts_expiries_of_every_primary(
     sidecar = SidecarProcess(serve_args(redis_cluster.url, "svc"), tmp_path).start()
     try:
         sidecar.wait_serving()
-        _, ready = wait_until(
-            lambda: (r := sidecar.readyz())[0] == 200 and r, "the sidecar to be ready"
-        )
-        assert ready["watcher"] == "subscribed", ready
+        wait_until(
+            lambda: sidecar.metric("sidecar_expiry_watcher_counting") == 1, "it counts"
+        )  # HTTP is served at once; the watcher connects in the background
+        status, ready = sidecar.readyz()
+        assert (status, ready["watcher"], ready["redis"]) == (200, "counting", "up"), ready
         cfg = CheckpointConfig(key_prefix="svc", ttl_seconds=1, budget_ms=2000)
         ctxs = [RunContext(user_id="u", run_id=f"r{i}") for i in range(9)]
         async with Checkpointer(cluster_client, cfg, registry=CollectorRegistry()) as cp:

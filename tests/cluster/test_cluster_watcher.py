@@ -129,3 +129,46 @@ async def test_slots_moved_to_a_new_primary_are_watched_there(server_binary: str
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_node_loop_that_died_is_restarted_and_reported_meanwhile(
+    redis_cluster: LocalCluster,
+    cluster_client: WholeClusterClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug (any exception that is not a lost connection) kills one node's loop: while it is
+    down the watcher says so (``failed``, not up, not counting, a reconnect counted); it is
+    restarted with backoff and counts that node's expiries again."""
+    w = ClusterExpiryWatcher(
+        redis_cluster.url, "died", discovery_interval=0.5, health_interval=0.5,
+        restart_initial=1.5,
+    )  # fmt: skip
+    task = asyncio.create_task(w.run())
+    try:
+        await wait_for(lambda: w.state.subscribed and w.state.up, 10, "never subscribed")
+        address = w.primaries[0]
+        node = w.nodes[address]
+        ctx_keys = [
+            k for i in range(200)
+            if redis_cluster.owner_port((k := run_keys("died", "u", f"r{i}")).meta) == address[1]
+        ][:2]  # fmt: skip
+        original = node._pick
+
+        def boom(key: bytes, evicted: bool) -> tuple[bytes, str] | None:
+            monkeypatch.setattr(node, "_pick", original)  # once
+            raise RuntimeError("injected bug")
+
+        monkeypatch.setattr(node, "_pick", boom)
+        reconnects = w.state.reconnects
+        await cluster_client.set(ctx_keys[0].meta, b"x", px=1)
+        await wait_for(lambda: w.state.failed is not None, 10, "the death not reported")
+        assert "injected bug" in (w.state.failed or "")
+        assert not w.state.up
+        assert not w.state.counting
+        await wait_for(lambda: w.state.failed is None and w.state.up, 10, "not restarted")
+        assert w.state.reconnects == reconnects + 1  # the restarted loop's re-subscription
+        await cluster_client.set(ctx_keys[1].meta, b"x", px=1)
+        await wait_for(lambda: w.state.ttl_expiries == 1, 10, "the node's expiry not counted")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -21,18 +21,22 @@ from cluster_support import LocalCluster
 from sidecar import Checkpointer, RunContext
 from sidecar.server.cluster_watcher import ClusterExpiryWatcher
 from sidecar.server.embedded import EmbeddedServer
+from sidecar.server.fleet import FleetWatcher
 from sidecar.server.watcher import ExpiryWatcher
 
 TRIES = 300
 
 
 async def cancel_at_random_moments(
-    make: Callable[[], ExpiryWatcher | ClusterExpiryWatcher], rng: random.Random, tries: int
+    make: Callable[[], ExpiryWatcher | ClusterExpiryWatcher | FleetWatcher],
+    rng: random.Random,
+    tries: int,
+    within: float = 0.01,
 ) -> None:
     for i in range(tries):
         watcher = make()
         task = asyncio.create_task(watcher.run())
-        await asyncio.sleep(rng.uniform(0, 0.01))  # connecting, subscribing, or reading
+        await asyncio.sleep(rng.uniform(0, within))  # connecting, subscribing, or reading
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=2.0)
         assert done, f"the watcher survived task.cancel() (try {i})"
@@ -54,6 +58,31 @@ async def test_a_cluster_watcher_stops_whenever_it_is_cancelled(
         lambda: ClusterExpiryWatcher(redis_cluster.url, "ckpt", health_interval=0.05),
         random.Random(2),
         TRIES // 3,
+    )
+
+
+async def test_a_fleet_watcher_stops_whenever_it_is_cancelled(
+    private_server: EmbeddedServer,
+) -> None:
+    """Electing, taking a slot, starting or stopping its watcher, handing the slot back."""
+    await cancel_at_random_moments(
+        lambda: FleetWatcher(private_server.url, "ckpt", health_interval=0.05, slot_ttl=0.2),
+        random.Random(4),
+        TRIES // 3,
+        within=0.05,
+    )
+
+
+async def test_a_cluster_fleet_watcher_stops_whenever_it_is_cancelled(
+    redis_cluster: LocalCluster,
+) -> None:
+    await cancel_at_random_moments(
+        lambda: FleetWatcher(
+            redis_cluster.url, "ckpt", cluster=True, health_interval=0.05, slot_ttl=0.2
+        ),
+        random.Random(5),
+        TRIES // 10,
+        within=0.1,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import signal
 import socket
@@ -13,10 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
+from sidecar import names
+from sidecar.keys import run_keys
 from sidecar.server.embedded import EmbeddedServer, free_port
 
-from .helpers import ROOT, SidecarProcess, clean_env, serve_args
+from .helpers import ROOT, SidecarProcess, clean_env, serve_args, wait_until
 
 Factory = Callable[..., SidecarProcess]
 
@@ -37,7 +41,7 @@ def test_help_explains_every_serve_option(tmp_path: Path) -> None:
     assert code == 0
     for flag in (
         "--redis-url", "--embedded", "--key-prefix", "--host", "--port", "--multiproc-dir",
-        "--data-dir", "--embedded-port", "--connect-timeout", "--log-level",
+        "--data-dir", "--embedded-port", "--connect-timeout", "--log-level", "--watcher-slots",
     ):  # fmt: skip
         assert flag in out
     code, out, _ = run_cli("--help", tmp_path=tmp_path)
@@ -81,19 +85,47 @@ def test_invalid_setting_is_one_line(tmp_path: Path) -> None:
     assert err.splitlines()[-1].startswith("checkpoint-sidecar serve: error: invalid --key-prefix")
 
 
-def test_unreachable_redis_gives_one_error_line_without_password(tmp_path: Path) -> None:
-    port = free_port()  # nothing listens there
-    url = f"redis://agent:hunter2-secret@127.0.0.1:{port}/0"
-    code, _, err = run_cli(
-        "serve", "--redis-url", url, "--connect-timeout", "0.5", "--port", "0", tmp_path=tmp_path
-    )
-    assert code == 1
-    assert "Traceback" not in err
-    assert "hunter2" not in err
-    error_lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(error_lines) == 1
-    assert "not reachable" in error_lines[0]
-    assert f"127.0.0.1:{port}" in error_lines[0]
+def test_redis_down_at_start_serves_at_once_and_counts_when_it_arrives(
+    sidecar_factory: Factory, server_binary: str, tmp_path: Path
+) -> None:
+    """Redis down never takes the sidecar down: /metrics and /healthz answer at once, the
+    outage is on the gauges and in /readyz's body (ready all the same: it gates the agent
+    pod), and counting starts when Redis arrives. (It used to wait, then exit 1.)"""
+    port = free_port()  # nothing listens there yet
+    url = f"redis://127.0.0.1:{port}/0"
+    secret_url = f"redis://agent:hunter2-secret@127.0.0.1:{port}/0"
+    sc = sidecar_factory(*serve_args(secret_url, "late")).wait_serving(timeout=15)
+    assert sc.get("/healthz")[0] == 200
+    samples = sc.samples()
+    assert samples[names.REDIS_UP] == 0
+    assert samples[names.WATCHER_UP] == 0
+    assert samples[names.WATCHER_COUNTING] == 0
+    status, body = sc.readyz()
+    assert status == 200
+    assert body["redis"] == "down"
+    assert "hunter2" not in json.dumps(body) + sc.stderr + sc.stdout
+    with EmbeddedServer(port=port, binary=server_binary) as server:
+        server_acl_user(server.url)
+        wait_until(lambda: sc.metric(names.WATCHER_COUNTING) == 1, "counting once Redis is up")
+        assert sc.readyz() == (
+            200,
+            {"status": "ready", "redis": "up", "watcher": "counting", "slot": 0,
+             "expiry_events": "confirmed"},
+        )  # fmt: skip
+        with redis.Redis.from_url(url) as client:
+            client.set(run_keys("late", "u", "r").meta, b"x", px=1)
+        wait_until(lambda: sc.metric(names.TTL_EXPIRIES) == 1, "the expiry counted")
+        assert sc.signal(signal.SIGTERM) == 0
+    assert "Traceback" not in sc.stderr
+
+
+def server_acl_user(url: str) -> None:
+    """The user of the sidecar's URL (agent / hunter2-secret), allowed everything."""
+    with redis.Redis.from_url(url) as admin:
+        admin.acl_setuser(
+            "agent", enabled=True, passwords=["+hunter2-secret"], keys=["~*"], channels=["*"],
+            commands=["+@all"],
+        )  # fmt: skip
 
 
 def test_demo_subcommand_delegates_or_says_it_is_missing(tmp_path: Path) -> None:
@@ -144,10 +176,17 @@ def test_embedded_server_prints_its_url_and_stops_with_the_sidecar(
     assert data_dir.is_dir()  # persistence was asked: the directory is kept
 
 
-def test_embedded_when_no_url_is_configured(sidecar_factory: Factory) -> None:
-    sc = sidecar_factory("serve", "--port", "0").wait_serving()
-    assert "embedded Valkey at redis://127.0.0.1:" in sc.stdout
-    assert sc.signal(signal.SIGTERM) == 0
+def test_no_redis_url_is_an_error_unless_embedded(tmp_path: Path) -> None:
+    """A production sidecar whose SIDECAR_REDIS_URL is missing must not quietly watch a
+    private empty server (it used to start one)."""
+    code, out, err = run_cli("serve", "--port", "0", tmp_path=tmp_path)
+    assert code == 1
+    assert "Traceback" not in err
+    assert "embedded Valkey" not in out
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    assert "SIDECAR_REDIS_URL" in errors[0]
+    assert "--embedded" in errors[0]
 
 
 def test_unusable_multiproc_dir_is_one_line(private_server: EmbeddedServer, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,15 +13,15 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import names
 from sidecar.keys import run_keys
-from sidecar.server.embedded import EmbeddedServer
+from sidecar.server.embedded import EmbeddedServer, free_port
 from sidecar.server.runtime import Sidecar, SidecarStartError
 from sidecar.server.watcher import needs_expiry_flags, with_expiry_flags
 
 
 @pytest.mark.parametrize(
     ("before", "after"),
-    [("", "Ex"), ("Ex", "Ex"), ("xE", "xE"), ("Kgl", "KglEx"), ("AKE", "AKE"), ("KA", "KAE"),
-     ("Ez", "Ezx"), ("Kx", "KxE")],
+    [("", "Exe"), ("Exe", "Exe"), ("xEe", "xEe"), ("Ex", "Exe"), ("Kgl", "KglExe"),
+     ("AKE", "AKE"), ("KA", "KAE"), ("Ez", "Ezxe"), ("Kx", "KxEe"), ("Ke", "KeEx")],
 )  # fmt: skip
 def test_expiry_flags_are_added_and_none_removed(before: str, after: str) -> None:
     assert with_expiry_flags(before) == after
@@ -45,7 +46,8 @@ async def test_in_process_sidecar_serves_and_counts(private_server: EmbeddedServ
         ready = await http.get(sc.base_url + "/readyz")
         assert ready.status_code == 200
         assert ready.json() == {
-            "status": "ready", "redis": "up", "watcher": "subscribed", "expiry_events": "confirmed"
+            "status": "ready", "redis": "up", "watcher": "counting", "slot": 0,
+            "expiry_events": "confirmed",
         }  # fmt: skip
         assert (await http.get(sc.base_url + "/healthz")).status_code == 200
         assert (await http.get(sc.base_url + "/sections")).status_code == 404
@@ -75,3 +77,29 @@ async def test_unreachable_redis_raises_a_start_error() -> None:
     sidecar = Sidecar("redis://127.0.0.1:1/0", port=0, connect_timeout=0.3)
     with pytest.raises(SidecarStartError, match=r"not reachable after 0\.3 s"):
         await sidecar.start()
+
+
+async def test_healthz_fails_only_when_a_background_task_died(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Liveness: Redis unreachable is fine (200); a task that ended on its own is a wedged
+    process (503), which a restart fixes."""
+    sidecar = Sidecar(f"redis://127.0.0.1:{free_port()}/0", port=0, multiproc_dir=tmp_path / "mp")
+    assert sidecar.reaper is not None
+
+    async def broken() -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(sidecar.reaper, "run", broken)
+    await sidecar.start(wait=False)
+    try:
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(sidecar.base_url + "/readyz")
+            assert ready.json()["redis"] == "down"
+            await wait_for(lambda: not sidecar.liveness()[0])
+            health = await http.get(sidecar.base_url + "/healthz")
+            assert health.status_code == 503
+            assert health.json() == {"status": "wedged", "stopped": ["multiproc-reaper"]}
+            assert (await http.get(sidecar.base_url + "/readyz")).status_code == 503
+    finally:
+        await sidecar.stop()
