@@ -31,6 +31,12 @@ INSTALL_LINES: dict[str, list[list[str]]] = {
         ["serve", "--embedded", "--port", "0"],
         ["demo", "--runs", "4", "--plain", "--port", "0"],
     ],
+    # sections stored compressed and encrypted (the library's codecs, no CLI command of its own)
+    "checkpoint-sidecar[zstd,encryption]": [
+        ["python", "-c", "from sidecar import seal; import zstandard, cryptography; "
+         "from sidecar import CheckpointConfig as C; "
+         "assert C(encryption_keys=['k1:' + 'A' * 43 + '=']).compression == 'zstd'"],
+    ],
 }
 
 # A command that must FAIL with the bare install, with one line naming the extra: proves that
