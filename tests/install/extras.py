@@ -33,9 +33,13 @@ INSTALL_LINES: dict[str, list[list[str]]] = {
     ],
     # sections stored compressed and encrypted (the library's codecs, no CLI command of its own)
     "checkpoint-sidecar[zstd,encryption]": [
-        ["python", "-c", "from sidecar import seal; import zstandard, cryptography; "
-         "from sidecar import CheckpointConfig as C; "
-         "assert C(encryption_keys=['k1:' + 'A' * 43 + '=']).compression == 'zstd'"],
+        [
+            "python",
+            "-c",
+            "from sidecar import seal; import zstandard, cryptography; "
+            "from sidecar import CheckpointConfig as C; "
+            "assert C(encryption_keys=['k1:' + 'A' * 43 + '=']).compression == 'zstd'",
+        ],
     ],
 }
 
