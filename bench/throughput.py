@@ -108,6 +108,7 @@ async def throughput(url: str, seconds: float) -> dict[str, dict[str, float]]:
         cp = Checkpointer.from_url(
             url, config=config, registry=CollectorRegistry(), tracer_provider=tracer_provider
         )
+        await cp.connect(connections=CONCURRENT_RUNS)  # as an application would at start-up
         await rate(cp, "save", 0.3, f"warm-{label}")
         figures[label] = {
             "saves_per_s": await rate(cp, "save", seconds, f"save-{label}"),

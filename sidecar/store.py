@@ -255,14 +255,19 @@ class Store:
             await self._ready()
             return int(await self.client.unlink(*keys))
 
-    async def connect(self) -> None:
-        """Discover a cluster and open a connection to every primary (one PING each)."""
+    async def connect(self, connections: int = 1) -> None:
+        """Discover a cluster and open ``connections`` connections to every primary (one
+        PING on each, sent at once so that each takes its own connection from the pool)."""
         with mapped_errors("connect"):
             await self._ready()
             if isinstance(self.client, RedisCluster):
-                await self.client.execute_command("PING", target_nodes=RedisCluster.PRIMARIES)
+                ping = self.client.execute_command("PING", target_nodes=RedisCluster.PRIMARIES)
+                await asyncio.gather(ping, *(
+                    self.client.execute_command("PING", target_nodes=RedisCluster.PRIMARIES)
+                    for _ in range(connections - 1)
+                ))  # fmt: skip
             else:
-                await self.client.ping()
+                await asyncio.gather(*(self.client.ping() for _ in range(connections)))
 
     async def ping(self) -> bool:
         with mapped_errors("ping"):

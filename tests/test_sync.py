@@ -178,3 +178,22 @@ def test_sync_breaker_skips_after_failures() -> None:
     count = "checkpoint_operation_duration_seconds_count"
     assert sample(count, {"operation": "has_checkpoints", "outcome": "error"}) == 3
     assert sample(count, {"operation": "has_checkpoints", "outcome": "skipped"}) == 3
+
+
+async def test_connect_opens_the_connections_asked_for(private_server: EmbeddedServer) -> None:
+    """connect(connections=N) opens N pooled connections up front, in both APIs, so a burst
+    of N calls pays no handshake inside its budget."""
+    cfg = CheckpointConfig(budget_ms=1000)
+
+    def clients() -> int:
+        with redis.Redis.from_url(private_server.url) as admin:
+            return int(admin.info("clients")["connected_clients"]) - 1  # not the admin's own
+
+    with SyncCheckpointer.from_url(private_server.url, config=cfg,
+                                   registry=CollectorRegistry()) as scp:  # fmt: skip
+        scp.connect(connections=6)
+        assert clients() == 6
+    async with Checkpointer.from_url(private_server.url, config=cfg,
+                                     registry=CollectorRegistry()) as acp:  # fmt: skip
+        await acp.connect(connections=5)
+        assert clients() == 5

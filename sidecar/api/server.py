@@ -130,12 +130,10 @@ class ApiServer:
         opened at once by a burst of requests took 50-90 ms here, most of a 100 ms budget.
         Best effort: Redis being down now is reported by the requests, as 503.
         """
-        store = self.checkpointer.store
         try:
-            async with asyncio.timeout(5.0):
-                await asyncio.gather(*(store.ping() for _ in range(WARM_CONNECTIONS)))
-        except (TimeoutError, CheckpointError) as exc:
-            log.warning("API: Redis connections not warmed at start: %s", exc or "timeout")
+            await self.checkpointer.connect(5.0, connections=WARM_CONNECTIONS)
+        except CheckpointError as exc:
+            log.warning("API: Redis connections not warmed at start: %s", exc)
 
     def _bind(self) -> socket.socket:
         if self.socket_path:

@@ -65,14 +65,15 @@ class SyncCheckpointer(CheckpointerBase[SyncCheckpointManager, SyncResumableRun]
                 "sidecar.sync.store.build_sync_client"
             )
 
-    def connect(self, wait_s: float = 5.0) -> None:
-        """Reach Redis now, outside any checkpoint's budget (optional; fails fast).
+    def connect(self, wait_s: float = 5.0, *, connections: int = 1) -> None:
+        """Reach Redis now, outside any checkpoint's budget (optional; fails fast), opening
+        ``connections`` pooled connections, as :meth:`sidecar.Checkpointer.connect` does.
 
         Raises :class:`CheckpointUnavailable` or :class:`CheckpointTimeout`; either way the
         SyncCheckpointer stays usable.
         """
         try:
-            self.store.connect(wait_s)
+            self.store.connect(wait_s, connections)
         except CheckpointTimeout as exc:
             raise CheckpointTimeout(f"connect: no answer from Redis within {wait_s:g} s") from exc
 

@@ -163,8 +163,9 @@ class SyncStore:
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise mapped_error(script.name, exc) from exc
 
-    def connect(self, wait_s: float) -> None:
-        """Open a connection to every primary (one PING each) within ``wait_s``."""
+    def connect(self, wait_s: float, connections: int = 1) -> None:
+        """Open ``connections`` pooled connections to every primary within ``wait_s`` (held
+        at once, so that the pool makes that many, then given back)."""
         DEADLINE.at = time.monotonic() + wait_s
         try:
             with mapped_errors("connect"):
@@ -172,8 +173,16 @@ class SyncStore:
                     self.client.execute_command(  # type: ignore[no-untyped-call]
                         "PING", target_nodes=RedisCluster.PRIMARIES
                     )
+                    primaries = self.client.get_primaries()  # type: ignore[no-untyped-call]
+                    pools = [n.redis_connection.connection_pool
+                             for n in primaries]  # fmt: skip
                 else:
                     self.client.ping()
+                    pools = [self.client.connection_pool]
+                for pool in pools:
+                    held = [pool.get_connection() for _ in range(connections)]
+                    for connection in held:
+                        pool.release(connection)
         finally:
             DEADLINE.at = None
 
