@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import weakref
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as rexc
@@ -31,9 +31,10 @@ from redis.asyncio.cluster import RedisCluster
 
 from sidecar.core.durability import (
     Durability,
+    MoveSlot,
+    Replicated,
     Replication,
-    judge,
-    late_replication,
+    durable_save,
     stop_reading_at,
     wait_commands,
     wait_timeout_ms,
@@ -59,50 +60,27 @@ async def run_script_durably(
     """Run ``script`` and wait for ``durability``, in one round trip; (reply, replication).
 
     ``deadline`` is the event loop time at which the caller's budget ends. The caller has
-    discovered the cluster already (:meth:`sidecar.store.Store.run_script` does it). The first
-    call of a script on a node sends EVAL, later ones EVALSHA; a second round trip happens
-    only on NOSCRIPT (the server restarted and lost its scripts) or after a MOVED.
+    discovered the cluster already (:meth:`sidecar.store.Store.run_script` does it). What to
+    send, and when to send again, is :func:`sidecar.core.durability.durable_save`'s.
     """
-    loaded = _loaded.setdefault(client, set())
-    node = _node_name(client, keys[0])
-    use_eval = (node, script.sha) not in loaded
-    redirected = False
-    while True:
-        head: tuple[Arg, ...] = (
-            ("EVAL", script.source) if use_eval else ("EVALSHA", script.sha)
-        ) + (len(keys), *keys, *args)
-        try:
-            first, waits = await _exchange(client, keys[0], head, durability, deadline)
-        except (rexc.RedisError, rexc.RedisClusterException) as exc:
-            raise mapped_error(script.name, exc) from exc
-        if isinstance(first, rexc.NoScriptError) and not use_eval:  # the server restarted
-            loaded.discard((node, script.sha))
-            use_eval = True
-            continue
-        if isinstance(first, rexc.MovedError) and not redirected:
-            assert isinstance(client, RedisCluster)
-            moved = client.nodes_manager.move_slot(first)
-            if inspect.isawaitable(moved):
-                await moved
-            redirected = True
-            node = _node_name(client, keys[0])
-            use_eval = (node, script.sha) not in loaded
-            continue
-        if isinstance(first, Exception):
-            raise mapped_error(script.name, first) from first
-        loaded.add((node, script.sha))
-        if waits is None:
-            return first, late_replication(durability)
-        replication = judge(durability, waits)
-        if not replication.confirmed and "WAITAOF refused" in replication.detail:
-            logger.warning("min_local_fsync: %s", replication.detail)
-        return first, replication
-
-
-# Scripts each client has run on each node. A pipelined WAIT runs even when the EVALSHA before
-# it fails with NOSCRIPT, and then blocks for its whole timeout when replicas lag: so the first
-# durable save of a script on a node sends EVAL (which loads it), later ones EVALSHA.
-_loaded: weakref.WeakKeyDictionary[Any, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
+    steps = durable_save(client, partial(_node_name, client), script, keys, args, durability)
+    answer: Any = None
+    try:
+        while True:
+            request = steps.send(answer)
+            if isinstance(request, MoveSlot):
+                assert isinstance(client, RedisCluster)
+                moved = client.nodes_manager.move_slot(request.moved)  # type: ignore[arg-type]
+                answer = await moved if inspect.isawaitable(moved) else None
+            else:
+                answer = await _exchange(client, request.key, request.head, durability, deadline)
+    except StopIteration as done:
+        saved: Replicated = done.value
+    except (rexc.RedisError, rexc.RedisClusterException) as exc:
+        raise mapped_error(script.name, exc) from exc
+    if not saved.replication.confirmed and "WAITAOF refused" in saved.replication.detail:
+        logger.warning("min_local_fsync: %s", saved.replication.detail)
+    return saved.reply, saved.replication
 
 
 def _node_name(client: RedisClient, key: str) -> str:

@@ -16,13 +16,17 @@ blocked ``WAIT``'s timeout on their ``hz`` tick (100 ms by default).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+
+import redis.exceptions as rexc
 
 if TYPE_CHECKING:
     from sidecar.config import CheckpointConfig
     from sidecar.core.ops import Arg
+    from sidecar.lua import Script
 
 MARGIN_FRACTION: Final = 0.1  # of the remaining budget, kept for WAIT's reply to come back
 MIN_MARGIN_MS: Final = 2
@@ -142,3 +146,62 @@ class Replicated:
 
     reply: Any
     replication: Replication
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """Send ``head`` (EVAL or EVALSHA of the script) and the waits on the connection of the
+    node owning ``key``, in one write; the shell answers ``(script reply or its error, wait
+    replies or None when they did not come back in time)``."""
+
+    key: str
+    head: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MoveSlot:
+    """The reply was MOVED: the shell updates the cluster client's slot map (it answers None)."""
+
+    moved: Exception
+
+
+# (node, sha) each client has run. A pipelined WAIT runs even when the EVALSHA before it fails
+# with NOSCRIPT, and then blocks for its whole timeout when replicas lag: so the first durable
+# save of a script on a node sends EVAL (which loads it), later ones EVALSHA.
+_loaded: weakref.WeakKeyDictionary[Any, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
+
+
+def durable_save(
+    client: Any,
+    node_of: Callable[[str], str],
+    script: Script,
+    keys: Sequence[str],
+    args: Sequence[Any],
+    durability: Durability,
+) -> Generator[Exchange | MoveSlot, Any, Replicated]:
+    """The rules of one durable save, as the requests a shell carries out (send what this
+    yields, send its answer back in): one exchange, and a second only on NOSCRIPT (the server
+    restarted and lost its scripts) or after one MOVED (a stale slot map, after a failover);
+    the old owner's WAIT reply never confirms anything. Raises the script's error reply."""
+    loaded = _loaded.setdefault(client, set())
+    node = node_of(keys[0])
+    use_eval = (node, script.sha) not in loaded
+    redirected = False
+    while True:
+        head = ("EVAL", script.source) if use_eval else ("EVALSHA", script.sha)
+        first, waits = yield Exchange(keys[0], (*head, len(keys), *keys, *args))
+        if isinstance(first, rexc.NoScriptError) and not use_eval:  # the server restarted
+            loaded.discard((node, script.sha))
+            use_eval = True
+        elif isinstance(first, rexc.MovedError) and not redirected:
+            yield MoveSlot(first)
+            redirected = True
+            node = node_of(keys[0])
+            use_eval = (node, script.sha) not in loaded
+        elif isinstance(first, Exception):
+            raise first
+        else:
+            loaded.add((node, script.sha))
+            if waits is None:
+                return Replicated(first, late_replication(durability))
+            return Replicated(first, judge(durability, waits))

@@ -11,7 +11,7 @@ never read by another command.
 from __future__ import annotations
 
 import time
-import weakref
+from functools import partial
 from typing import Any
 
 import redis.exceptions as rexc
@@ -19,9 +19,9 @@ from redis.cluster import RedisCluster
 
 from sidecar.core.durability import (
     Durability,
+    MoveSlot,
     Replicated,
-    judge,
-    late_replication,
+    durable_save,
     stop_reading_at,
     wait_commands,
     wait_timeout_ms,
@@ -31,47 +31,30 @@ from sidecar.store import mapped_error
 
 NO_DEADLINE_S = 5.0  # a call sent without a budget still waits for replicas only this long
 
-# (node, sha) each client has run: the first durable save of a script on a node sends EVAL,
-# so a NOSCRIPT never leaves a pipelined WAIT blocking for nothing.
-_loaded: weakref.WeakKeyDictionary[Any, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
-
 
 def run_script_durably(client: Any, command: Command, operation: str) -> Replicated:
     """Run ``command``'s script and wait for ``command.wait``; the reply and what was
-    acknowledged. A second round trip only on NOSCRIPT (server restarted) or MOVED."""
+    acknowledged (the rules: :func:`sidecar.core.durability.durable_save`)."""
     from sidecar.sync.store import DEADLINE
 
-    script, keys, args, durability = command.script, command.keys, command.args, command.wait
+    script, durability = command.script, command.wait
     assert script is not None
     assert durability is not None
-    loaded = _loaded.setdefault(client, set())
-    node = _node_name(client, keys[0])
-    use_eval = (node, script.sha) not in loaded
-    redirected = False
-    while True:
-        head: tuple[Arg, ...] = (
-            ("EVAL", script.source) if use_eval else ("EVALSHA", script.sha)
-        ) + (len(keys), *keys, *args)
-        try:
-            first, waits = _exchange(client, keys[0], head, durability, DEADLINE)
-        except (rexc.RedisError, rexc.RedisClusterException) as exc:
-            raise mapped_error(script.name, exc) from exc
-        if isinstance(first, rexc.NoScriptError) and not use_eval:
-            loaded.discard((node, script.sha))
-            use_eval = True
-            continue
-        if isinstance(first, rexc.MovedError) and not redirected:
-            client.nodes_manager.move_slot(first)
-            redirected = True
-            node = _node_name(client, keys[0])
-            use_eval = (node, script.sha) not in loaded
-            continue
-        if isinstance(first, Exception):
-            raise mapped_error(script.name, first) from first
-        loaded.add((node, script.sha))
-        if waits is None:
-            return Replicated(first, late_replication(durability))
-        return Replicated(first, judge(durability, waits))
+    steps = durable_save(client, partial(_node_name, client), script, command.keys,
+                         command.args, durability)  # fmt: skip
+    answer: Any = None
+    try:
+        while True:
+            request = steps.send(answer)
+            if isinstance(request, MoveSlot):
+                answer = client.nodes_manager.move_slot(request.moved)
+            else:
+                answer = _exchange(client, request.key, request.head, durability, DEADLINE)
+    except StopIteration as done:
+        saved: Replicated = done.value
+        return saved
+    except (rexc.RedisError, rexc.RedisClusterException) as exc:
+        raise mapped_error(script.name, exc) from exc
 
 
 def _node_name(client: Any, key: str) -> str:

@@ -15,14 +15,9 @@ from redis.asyncio.connection import Connection
 from replica_support import replicate, running, start_server, wait_link_up
 
 from sidecar import CheckpointUnavailable
+from sidecar.core.durability import Durability, judge, wait_commands, wait_timeout_ms
 from sidecar.lua import Script
-from sidecar.replication import (
-    Durability,
-    judge,
-    run_script_durably,
-    wait_commands,
-    wait_timeout_ms,
-)
+from sidecar.replication import run_script_durably
 from sidecar.server.embedded import EmbeddedServer
 from sidecar.store import close_client
 
