@@ -15,7 +15,26 @@ Served by ``checkpoint-sidecar serve`` on its own listener (default 127.0.0.1:94
     metrics.py   the API's checkpoint metrics on the sidecar's /metrics
 """
 
-from sidecar.api.app import ApiApp
-from sidecar.api.server import ApiServer, ApiStartError
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sidecar.api.app import ApiApp
+    from sidecar.api.server import ApiServer, ApiStartError
 
 __all__ = ["ApiApp", "ApiServer", "ApiStartError"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use: ``serve``'s flags (sidecar.api.cli) must load with the bare
+    install, which has no uvicorn; only serving the API needs ``[server]``."""
+    if name == "ApiApp":
+        from sidecar.api.app import ApiApp
+
+        return ApiApp
+    if name in ("ApiServer", "ApiStartError"):
+        from sidecar.api import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module 'sidecar.api' has no attribute {name!r}")

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from sidecar.api.server import DEFAULT_API_HOST, DEFAULT_API_PORT, ApiStartError, ApiThread
 from sidecar.server.argtypes import port
 
 if TYPE_CHECKING:
     from sidecar.server.runtime import Sidecar
+
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 9465
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,6 +59,7 @@ async def serve_api(args: argparse.Namespace, sidecar: Sidecar) -> AsyncIterator
     ``api <url> (...)`` once it listens. A start failure raises ``SidecarStartError``.
     """
     from sidecar.api.metrics import api_registry
+    from sidecar.api.server import ApiStartError, ApiThread
     from sidecar.server.runtime import SidecarStartError
 
     if not getattr(args, "api", True):

@@ -27,13 +27,12 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.api.app import ApiApp
 from sidecar.api.auth import Authorizer, TokenError, authorizer_for
+from sidecar.api.cli import DEFAULT_API_HOST, DEFAULT_API_PORT
 from sidecar.checkpointer import Checkpointer
 from sidecar.config import CheckpointConfig
 from sidecar.errors import CheckpointError
 
 log = logging.getLogger("sidecar.api")
-DEFAULT_API_HOST = "127.0.0.1"
-DEFAULT_API_PORT = 9465
 WARM_CONNECTIONS = 32  # the concurrency the API is sized for (32 agents' requests at once)
 
 
