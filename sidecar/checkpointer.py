@@ -117,10 +117,8 @@ class Checkpointer(CheckpointerBase[CheckpointManager, ResumableRun]):
         call = self.calls.begin_op(op)
         if call.error is None:
             with call:
-                # the deadline is for WAIT / WAITAOF (durable saves: sidecar/replication.py)
-                deadline = asyncio.get_running_loop().time() + self._budget
                 async with asyncio.timeout(self._budget):
-                    call.reply(await self.store.send(op.operation, op.command, deadline))
+                    call.reply(await self.store.send(op.operation, op.command, self._budget))
         return call.result, call.error
 
     async def perform(self, op: Op[T]) -> T:

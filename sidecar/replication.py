@@ -60,7 +60,7 @@ async def run_script_durably(
     """Run ``script`` and wait for ``durability``, in one round trip; (reply, replication).
 
     ``deadline`` is the event loop time at which the caller's budget ends. The caller has
-    discovered the cluster already (:meth:`sidecar.store.Store.run_script` does it). What to
+    discovered the cluster already (:meth:`sidecar.store.Store.send` does it). What to
     send, and when to send again, is :func:`sidecar.core.durability.durable_save`'s.
     """
     steps = durable_save(client, partial(_node_name, client), script, keys, args, durability)

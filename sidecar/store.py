@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
@@ -24,7 +24,6 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from sidecar.core.durability import Replicated
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
-from sidecar.lua import Script
 from sidecar.sockets import OwnedSockets
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
@@ -194,27 +193,27 @@ class Store:
                     await self.client.initialize()
                     self._discover = False
 
-    async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        # The hot path of every save and load: a plain try/except (the context manager costs
-        # ~1 us a call), and the cluster discovery check before any await.
-        try:
-            if self._discover:
-                await self._ready()
-            try:
-                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
-            except rexc.NoScriptError:
-                return await self.client.eval(script.source, len(keys), *keys, *args)
-        except (rexc.RedisError, rexc.RedisClusterException) as exc:
-            raise mapped_error(script.name, exc) from exc
-
-    async def send(self, operation: str, command: Command, deadline: float = 0.0) -> Any:
+    async def send(self, operation: str, command: Command, budget_s: float = 0.0) -> Any:
         """Send one command (an op's): EVALSHA of its script, or the plain command. With
-        ``command.wait``, WAIT / WAITAOF follow in the same round trip, answered by the
-        event-loop time ``deadline`` (:mod:`sidecar.replication`)."""
-        if command.wait is not None and command.script is not None:
-            return await self.run_script_durably(command, deadline)
-        if command.script is not None:
-            return await self.run_script(command.script, command.keys, command.args)
+        ``command.wait``, WAIT / WAITAOF follow in the same round trip, answered within
+        ``budget_s`` from now (:mod:`sidecar.replication`)."""
+        script = command.script
+        if script is not None:
+            if command.wait is not None:
+                deadline = asyncio.get_running_loop().time() + budget_s
+                return await self.run_script_durably(command, deadline)
+            # the hot path of every save and load: a plain try/except (a context manager
+            # costs ~1 us a call), and the cluster discovery check before any await
+            keys = command.keys
+            try:
+                if self._discover:
+                    await self._ready()
+                try:
+                    return await self.client.evalsha(script.sha, len(keys), *keys, *command.args)
+                except rexc.NoScriptError:
+                    return await self.client.eval(script.source, len(keys), *keys, *command.args)
+            except (rexc.RedisError, rexc.RedisClusterException) as exc:
+                raise mapped_error(script.name, exc) from exc
         with mapped_errors(operation):
             if self._discover:
                 await self._ready()

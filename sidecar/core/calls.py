@@ -90,8 +90,11 @@ class Call:
         self._token: object = None
         self.result: Any = None
         self.error: CheckpointError | None = None
-        with recorder.lock:
-            self._allowed = breaker.allow()
+        if not breaker.is_open:  # closed: allow() would only say True (no lock, no state)
+            self._allowed: bool | None = True
+        else:
+            with recorder.lock:
+                self._allowed = breaker.allow()
         if self._allowed is False:
             self.error = CircuitOpen(f"{self._op}: circuit open after repeated failures")
             recorder.telemetry.finish(span, self._op, names.SKIPPED, 0.0, self._nbytes, None, attrs)
@@ -113,8 +116,10 @@ class Call:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         otel_context.detach(self._token)  # type: ignore[arg-type]
         if exc is None:
-            with self._rec.lock:
-                self._breaker.success()
+            breaker = self._breaker
+            if breaker.consecutive_failures or breaker.is_open:  # else success() changes nothing
+                with self._rec.lock:
+                    breaker.success()
             self._rec.outage_logged = False
             self._finish(names.OK, None)
             return False

@@ -4,6 +4,9 @@ An :class:`Op` is built without I/O (validation, serialization and argument buil
 here) and carried out by a shell: ``await cp.perform(op)`` (asyncio) or ``cp.perform(op)``
 (threads). ``parse`` runs on the reply inside the call's budget; a lease conflict it raises is
 recorded as outcome ``rejected``, an undecodable stored value as ``corrupt``.
+
+Both are built on every checkpoint call and never changed after: plain slotted dataclasses,
+not frozen ones, whose ``__init__`` pays an ``object.__setattr__`` per field.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ T_co = TypeVar("T_co", covariant=True)
 Arg: TypeAlias = str | bytes | int | float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Command:
     """One Redis command: EVALSHA of ``script`` (EVAL on NOSCRIPT), or the plain ``name``.
 
@@ -57,7 +60,7 @@ def _identity(reply: Any) -> Any:
     return reply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Op(Generic[T_co]):
     """One instrumented, budget-bounded checkpoint operation of one run.
 

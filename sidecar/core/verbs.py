@@ -193,7 +193,8 @@ class Verbs:
         parse: Callable[[Any], bool] = _true,
     ) -> Op[bool]:
         cfg = self.config
-        stored = self.sealer.seal(payload, self.binding.section(name))
+        sealer = self.sealer
+        stored = payload if sealer.identity else sealer.seal(payload, self.binding.section(name))
         args = (name, stored, cfg.ttl_ms, owner, fence, cfg.lease_ttl_ms, next_section)
         wait = self.durability
         telemetry = self.recorder.telemetry

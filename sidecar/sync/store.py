@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import redis
@@ -22,8 +21,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from sidecar.core.ops import Arg, Command
-from sidecar.lua import Script
+from sidecar.core.ops import Command
 from sidecar.store import key_slot, mapped_error, mapped_errors, shard_name
 from sidecar.sync.replication import run_script_durably
 
@@ -140,28 +138,26 @@ class SyncStore:
         return shard_name(self.client, slot)
 
     def send(self, operation: str, command: Command, budget_s: float | None) -> Any:
-        """Send one command within ``budget_s`` seconds (None: no deadline)."""
+        """Send one command within ``budget_s`` seconds (None: no deadline): EVALSHA of its
+        script (EVAL on NOSCRIPT), or the plain command."""
         DEADLINE.at = None if budget_s is None else time.monotonic() + budget_s
+        script = command.script
         try:
-            if command.wait is not None and command.script is not None:
-                return run_script_durably(self.client, command, operation)
-            if command.script is not None:
-                return self.run_script(command.script, command.keys, command.args)
-            with mapped_errors(operation):
+            if script is None:
                 return self.client.execute_command(  # type: ignore[no-untyped-call]
                     command.name, *command.keys, *command.args
                 )
+            if command.wait is not None:
+                return run_script_durably(self.client, command, operation)
+            keys = command.keys
+            try:
+                return self.client.evalsha(script.sha, len(keys), *keys, *command.args)
+            except rexc.NoScriptError:
+                return self.client.eval(script.source, len(keys), *keys, *command.args)
+        except (rexc.RedisError, rexc.RedisClusterException) as exc:
+            raise mapped_error(script.name if script else operation, exc) from exc
         finally:
             DEADLINE.at = None
-
-    def run_script(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        try:
-            try:
-                return self.client.evalsha(script.sha, len(keys), *keys, *args)
-            except rexc.NoScriptError:
-                return self.client.eval(script.source, len(keys), *keys, *args)
-        except (rexc.RedisError, rexc.RedisClusterException) as exc:
-            raise mapped_error(script.name, exc) from exc
 
     def connect(self, wait_s: float, connections: int = 1) -> None:
         """Open ``connections`` pooled connections to every primary within ``wait_s`` (held
