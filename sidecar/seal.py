@@ -113,6 +113,8 @@ class Sealer:
             current = keyring.current.key_id.encode("ascii")
             self._current = (current, self._ciphers[current])
         self._zstd = threading.local()
+        # associated data matters only to a cipher: without keys, readers skip building it
+        self.decrypts = bool(self._ciphers)
         # the identity form: nothing to do on write (the plain path stays as it was)
         self.identity = compression == "none" and keyring is None
 

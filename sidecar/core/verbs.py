@@ -152,7 +152,9 @@ class Verbs:
 
     def open(self, name: str, raw: Any, sizes: Sizes) -> bytes:
         """The serialized JSON of a stored value (IntegrityError when it does not open)."""
-        payload = self.sealer.open(raw, self.binding.section(name), name)
+        sealer = self.sealer
+        aad = self.binding.section(name) if sealer.decrypts else b""
+        payload = sealer.open(raw, aad, name)
         sizes.logical += len(payload)
         sizes.stored += len(raw)
         return payload
