@@ -94,6 +94,11 @@ class CheckpointConfig(BaseSettings):
     compression_min_bytes: int = Field(
         512, ge=0, description="Sections smaller than this (serialized) are stored uncompressed."
     )
+    compression_level: int = Field(
+        1, ge=-7, le=19,
+        description="zstd level: 1 (default) is ~2.8x on English text; negative levels are "
+        "zstd's fast modes (-3: ~2x for ~20% less CPU). bench/storage.py measures each level.",
+    )  # fmt: skip
     encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="AES-256-GCM keys '<key-id>:<base64 of 32 bytes>', the first one current "

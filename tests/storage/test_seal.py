@@ -44,6 +44,18 @@ def test_zstd_compresses_real_text_and_round_trips(report_text: str) -> None:
     assert s.open(stored, AAD) == payload
 
 
+def test_the_level_trades_ratio_for_speed_and_any_reader_opens_it(report_text: str) -> None:
+    payload = payload_of(report_text[:20000])
+    default, fast = sealer(), sealer(compression_level=-3)
+    assert (default.level, fast.level) == (1, -3)
+    quick = fast.seal(payload, AAD)
+    assert describe(quick)["codec"] == "zstd"
+    # a fast mode stores more bytes than level 1, and still well under the JSON
+    assert len(default.seal(payload, AAD)) < len(quick) < len(payload) / 1.5
+    assert default.open(quick, AAD) == payload  # readers need no level
+    assert sealer(compression="none").open(quick, AAD) == payload
+
+
 def test_small_and_incompressible_values_stay_as_they_are() -> None:
     s = sealer(compression_min_bytes=512)
     small = b'{"a": "short but repeated repeated repeated repeated"}'

@@ -24,6 +24,7 @@ def test_defaults() -> None:
     cfg = CheckpointConfig()
     assert cfg.compression == "zstd"  # the extra is installed in the dev environment
     assert cfg.compression_min_bytes == 512
+    assert cfg.compression_level == 1
     assert cfg.encryption_keys == []
     assert cfg.encryption_keys_file is None
     assert cfg.keyring is None
@@ -166,6 +167,14 @@ def test_replication_settings() -> None:
         CheckpointConfig(compression_min_bytes=-1)
     with pytest.raises(ValidationError, match="compression"):
         CheckpointConfig(compression="gzip")  # type: ignore[arg-type]
+    for level in (-8, 20):
+        with pytest.raises(ValidationError, match="compression_level"):
+            CheckpointConfig(compression_level=level)
+
+
+def test_compression_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECAR_COMPRESSION_LEVEL", "-3")
+    assert CheckpointConfig().compression_level == -3
 
 
 def test_invalid_url_is_not_echoed() -> None:
