@@ -282,7 +282,8 @@ def unpack(packed: bytes) -> list[bytes]:
 
 
 def parse_checkpoint(serde: SerializerProtocol, thread_id: str, packed: bytes) -> CheckpointTuple:
-    """One loaded checkpoint (ns, id, record, writes, then channel, value...) as a tuple;
+    """One loaded checkpoint (ns, id, record, writes, then each channel's value in the order of
+    the record's versions) as a tuple;
     :class:`SerializationError` when a stored value does not decode (outcome ``corrupt``)."""
     try:
         return _checkpoint(serde, thread_id, packed)
@@ -302,14 +303,16 @@ def _checkpoint(serde: SerializerProtocol, thread_id: str, packed: bytes) -> Che
     checkpoint = _untyped(serde, typed)
     checkpoint["id"] = cid
     tokens = versions_raw.decode().split(US) if versions_raw else []
-    checkpoint["channel_versions"] = {
-        tokens[i]: decode_version(tokens[i + 1]) for i in range(0, len(tokens), 2)
+    channels = tokens[0::2]
+    checkpoint["channel_versions"] = dict(
+        zip(channels, map(decode_version, tokens[1::2]), strict=True)
+    )
+    # the values come in the order of the versions, b'' for one not stored
+    checkpoint["channel_values"] = {
+        channel: _untyped(serde, value)
+        for channel, value in zip(channels, entry[4:], strict=True)
+        if value and value != _EMPTY
     }
-    values: dict[str, Any] = {}
-    for i in range(4, len(entry), 2):
-        if entry[i + 1] != _EMPTY:
-            values[entry[i].decode()] = _untyped(serde, entry[i + 1])
-    checkpoint["channel_values"] = values
     parent = parent_raw.decode()
     return CheckpointTuple(
         config=thread_config(thread_id, ns, cid),
