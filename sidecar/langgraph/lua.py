@@ -136,9 +136,9 @@ local function settle(ttl)
 end
 """
 
-# ARGV: ns, id, parent, record (metadata \30 versions \30 parent \30 type \31 bytes), ttl_ms,
-# run id ('' none), run just registered ('1'/'0'), source is input ('1'/'0'), then
-# (channel\31version, value) pairs of the new versions.
+# ARGV: the head "ns \31 id \31 parent \31 ttl_ms \31 run id ('' none) \31 run just registered
+# ('1'/'0') \31 source is input ('1'/'0')", the record (metadata \30 versions \30 parent \30
+# type \31 bytes), then (channel \31 version, value) pairs of the new versions.
 # Returns the run mode (0 none, 1 fresh run, 2 resumed run), or {mode, {runs whose run index
 # needs a refresh}} when some do.
 PUT_CHECKPOINT = Script(
@@ -146,39 +146,39 @@ PUT_CHECKPOINT = Script(
     "#!lua\n"
     + _COMMON
     + r"""
-local ns, cid, parent = ARGV[1], ARGV[2], ARGV[3]
+local ns, cid, parent, ttl, run, registered, input = string.match(ARGV[1],
+  '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
 local base = ns .. US .. cid
-local fields = {'c' .. US .. base, ARGV[4]}
-for i = 9, #ARGV, 2 do
+local fields = {'c' .. US .. base, ARGV[2]}
+for i = 3, #ARGV, 2 do
   fields[#fields + 1] = 'b' .. US .. ns .. US .. ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('ZADD', KEYS[1], 0, '\1' .. base)
 local stale = {}
-local run = ARGV[6]
 if run ~= '' then
   redis.call('ZADD', KEYS[1], 0, '\2' .. run .. US .. base)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if ARGV[7] == '1' then
+  if registered == '1' then
     redis.call('ZADD', KEYS[3], now, run)
   else
     redis.call('ZADD', KEYS[3], 'NX', 0, run)
   end
-  stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - math.floor(tonumber(ARGV[5]) / 2),
+  stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - math.floor(tonumber(ttl) / 2),
     'LIMIT', 0, 8)
   for _, r in ipairs(stale) do redis.call('ZADD', KEYS[3], now, r) end
 end
 local mode = 0
 if ns == '' then
-  if ARGV[8] == '1' then
+  if input == '1' then
     mode = 1
   elseif parent ~= '' and redis.call('HDEL', KEYS[2], 'h' .. US .. US .. parent) == 1 then
     mode = 2
   end
 end
-slide(ARGV[5])
+slide(ttl)
 if #stale == 0 then return mode end
 return {mode, stale}
 """,
