@@ -9,8 +9,8 @@ no-op tracer, to show what the SDK span costs), ``InMemorySaver``,
 ``langgraph-checkpoint-aws`` (``AsyncValkeySaver``). The state has four channels; one changes
 per step (``step``), three keep their first version (a 2 KB document, a plan, a list).
 
-The savers run side by side, call by call, in a rotating order (so drift in a shared machine
-hits all alike). For threads of 10, 100 and 1,000 checkpoints, each saver:
+The savers run side by side, call by call, in an order shuffled every round (so drift in a
+shared machine, and the aftermath of one saver's long call, hit all alike). For threads of 10, 100 and 1,000 checkpoints, each saver:
   * put and put_writes: timed over the second half of each thread's fill (enough threads of
     that length to give the same number of samples at every size);
   * get_tuple (latest) and list(limit=10): timed on a thread of exactly that length;
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -173,9 +174,13 @@ async def redis_bytes(admin: aioredis.Redis, keys: Sequence[bytes | str] | None)
 
 
 def rotated(names: Sequence[str], i: int) -> list[str]:
-    """The savers in a different order each round, so drift in the machine hits all alike."""
-    k = i % len(names)
-    return [*names[k:], *names[:k]]
+    """The savers in a different order each round (seeded by the round: every run the same),
+    so drift in the machine hits all alike. A shuffle, not a rotation: a rotation keeps each
+    saver behind the same neighbour every round, and one neighbour's 10-20 ms list (plainredis
+    reads the whole thread) then slows whoever comes next in every sample."""
+    order = list(names)
+    random.Random(i).shuffle(order)
+    return order
 
 
 async def bench_size(

@@ -25,9 +25,56 @@ local function slide(ttl)
   redis.call('PEXPIRE', KEYS[3], ttl)
 end
 """
-# Helpers of the scripts that read checkpoints (not defined in the write scripts, which run
+# Helper of the scripts that read checkpoints (not defined in the write scripts, which run
 # on every step: each function definition is a closure made on every call).
-_READ = r"""
+# One string "<len>,<len>,...;<part><part>...": a reply of one bulk string costs the client
+# far less to read than an array of many (redis-py parses each element in Python: ~2.5 us an
+# element measured, against one string).
+_PACK = r"""
+local function pack(parts)
+  local lens = {}
+  for i = 1, #parts do lens[i] = #parts[i] end
+  local out = {table.concat(lens, ','), ';'}
+  for i = 1, #parts do out[i + 2] = parts[i] end
+  return table.concat(out)
+end
+"""
+
+# One checkpoint, packed: ns, id, record, writes, then the value of each channel in the order
+# of the record's versions ('' for one not stored), or false: two HMGETs, whatever the thread's
+# length. The record starts with "metadata \30 versions \30", the versions "channel \31
+# version \31 ...": each value's field is "b \31 ns \31" and one (channel \31 version) of it,
+# cut from the record as it is (no table of the versions, no split).
+_LOAD = (
+    _PACK
+    + r"""
+local function load(ns, cid)
+  local base = ns .. US .. cid
+  local got = redis.call('HMGET', KEYS[2], 'c' .. US .. base, 'w' .. US .. base)
+  local record = got[1]
+  if not record then return false end
+  local parts = {ns, cid, record, got[2] or ''}
+  local a = string.find(record, RS, 1, true)
+  local b = string.find(record, RS, a + 1, true)
+  if b > a + 1 then
+    local fields, n, i, pre = {}, 0, a + 1, 'b' .. US .. ns .. US
+    while i < b do
+      local k = string.find(record, US, string.find(record, US, i, true) + 1, true)
+      if not k or k > b then k = b end
+      n = n + 1
+      fields[n] = pre .. string.sub(record, i, k - 1)
+      i = k + 1
+    end
+    local vals = redis.call('HMGET', KEYS[2], unpack(fields))
+    for x = 1, n do parts[x + 4] = vals[x] or '' end
+  end
+  return pack(parts)
+end
+"""
+)
+
+# The channel versions of a stored record, and its metadata JSON (for the deleting scripts).
+_VERSIONS = r"""
 local function split(s, sep)
   local out, i = {}, 1
   if not s or s == '' then return out end
@@ -38,46 +85,12 @@ local function split(s, sep)
     i = j + 1
   end
 end
--- One string "<len>,<len>,...;<part><part>...": a reply of one bulk string costs the client
--- far less to read than an array of many (redis-py parses each element in Python).
-local function pack(parts)
-  local lens = {}
-  for i = 1, #parts do lens[i] = #parts[i] end
-  local out = {table.concat(lens, ','), ';'}
-  for i = 1, #parts do out[i + 2] = parts[i] end
-  return table.concat(out)
-end
-"""
-
-# One checkpoint, packed: ns, id, record, writes, then channel, value, ... (or false): two HMGETs,
-# whatever the thread's length. The record starts with "metadata \30 versions \30": the
-# versions name the channel values to fetch.
-_LOAD = (
-    _READ
-    + r"""
 local function versions_of(record)
   local a = string.find(record, RS, 1, true)
   local b = string.find(record, RS, a + 1, true)
   return split(string.sub(record, a + 1, b - 1), US), string.sub(record, 1, a - 1)
 end
-local function load(ns, cid)
-  local base = ns .. US .. cid
-  local got = redis.call('HMGET', KEYS[2], 'c' .. US .. base, 'w' .. US .. base)
-  if not got[1] then return false end
-  local parts = {ns, cid, got[1], got[2] or ''}
-  local vs = versions_of(got[1])
-  if #vs > 0 then
-    local fields = {}
-    for i = 1, #vs, 2 do fields[#fields + 1] = 'b' .. US .. ns .. US .. vs[i] .. US .. vs[i + 1] end
-    local vals = redis.call('HMGET', KEYS[2], unpack(fields))
-    for i = 1, #fields do
-      if vals[i] then parts[#parts + 1] = vs[2 * i - 1]; parts[#parts + 1] = vals[i] end
-    end
-  end
-  return pack(parts)
-end
 """
-)
 
 # Remove checkpoints (given as ns\31id) with their writes, run references and markers, then
 # the channel values no remaining checkpoint refers to. O(remaining) for the value sweep:
@@ -123,9 +136,9 @@ local function settle(ttl)
 end
 """
 
-# ARGV: ns, id, parent, record (metadata \30 versions \30 parent \30 type \31 bytes), ttl_ms,
-# run id ('' none), run just registered ('1'/'0'), source is input ('1'/'0'), then
-# (channel\31version, value) pairs of the new versions.
+# ARGV: the head "ns \31 id \31 parent \31 ttl_ms \31 run id ('' none) \31 run just registered
+# ('1'/'0') \31 source is input ('1'/'0')", the record (metadata \30 versions \30 parent \30
+# type \31 bytes), then (channel \31 version, value) pairs of the new versions.
 # Returns the run mode (0 none, 1 fresh run, 2 resumed run), or {mode, {runs whose run index
 # needs a refresh}} when some do.
 PUT_CHECKPOINT = Script(
@@ -133,39 +146,39 @@ PUT_CHECKPOINT = Script(
     "#!lua\n"
     + _COMMON
     + r"""
-local ns, cid, parent = ARGV[1], ARGV[2], ARGV[3]
+local ns, cid, parent, ttl, run, registered, input = string.match(ARGV[1],
+  '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
 local base = ns .. US .. cid
-local fields = {'c' .. US .. base, ARGV[4]}
-for i = 9, #ARGV, 2 do
+local fields = {'c' .. US .. base, ARGV[2]}
+for i = 3, #ARGV, 2 do
   fields[#fields + 1] = 'b' .. US .. ns .. US .. ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('ZADD', KEYS[1], 0, '\1' .. base)
 local stale = {}
-local run = ARGV[6]
 if run ~= '' then
   redis.call('ZADD', KEYS[1], 0, '\2' .. run .. US .. base)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if ARGV[7] == '1' then
+  if registered == '1' then
     redis.call('ZADD', KEYS[3], now, run)
   else
     redis.call('ZADD', KEYS[3], 'NX', 0, run)
   end
-  stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - math.floor(tonumber(ARGV[5]) / 2),
+  stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - math.floor(tonumber(ttl) / 2),
     'LIMIT', 0, 8)
   for _, r in ipairs(stale) do redis.call('ZADD', KEYS[3], now, r) end
 end
 local mode = 0
 if ns == '' then
-  if ARGV[8] == '1' then
+  if input == '1' then
     mode = 1
   elseif parent ~= '' and redis.call('HDEL', KEYS[2], 'h' .. US .. US .. parent) == 1 then
     mode = 2
   end
 end
-slide(ARGV[5])
+slide(ttl)
 if #stale == 0 then return mode end
 return {mode, stale}
 """,
@@ -293,7 +306,7 @@ DELETE_RUN_IN_THREAD = Script(
     "lg_delete_for_runs",
     "#!lua\n"
     + _COMMON
-    + _LOAD
+    + _VERSIONS
     + _DROP
     + r"""
 local run = ARGV[1]
@@ -314,7 +327,7 @@ PRUNE_THREAD = Script(
     "lg_prune",
     "#!lua\n"
     + _COMMON
-    + _LOAD
+    + _VERSIONS
     + _DROP
     + r"""
 local all = redis.call('ZRANGEBYLEX', KEYS[1], '[\1', '(\2')

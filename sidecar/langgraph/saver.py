@@ -1,8 +1,9 @@
 """SidecarSaver: LangGraph's ``BaseCheckpointSaver`` on plain Redis, through a Checkpointer.
 
 Two thin shells over the same I/O-free flows (:mod:`sidecar.langgraph.flows`): each method
-runs its flow, sending every step as an op through the Checkpointer's one instrumented path
-(``perform``: breaker, span, histogram, budget, with ``lg_*`` operation labels).
+runs its flow, performing every op it yields through the Checkpointer's one instrumented path
+(``perform``: breaker, span, histogram, budget, with ``lg_*`` operation labels). What a flow
+asks next is :func:`_advance`'s; the shells' loops differ only by ``await``.
 
 * With a :class:`sidecar.Checkpointer` (asyncio) the async methods await each step; the sync
   methods run the async ones on the Checkpointer's event loop from another thread
@@ -19,8 +20,9 @@ thread over.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequence
+from contextlib import closing
+from typing import Any, Generic, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -33,12 +35,31 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from sidecar.checkpointer import Checkpointer
-from sidecar.core.ops import Op, script_call
+from sidecar.core.ops import Op
 from sidecar.langgraph import plan as core
-from sidecar.langgraph.flows import Emit, Flow, Flows, Step
+from sidecar.langgraph.flows import Flow, Flows
 from sidecar.sync.checkpointer import SyncCheckpointer
 
 T = TypeVar("T")
+Pages = Iterable[Flow[list[CheckpointTuple]]]
+
+
+class _Done(Generic[T]):
+    """A flow's result: it has nothing more to perform."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+
+def _advance(flow: Flow[T], result: Any) -> Op[Any] | _Done[T]:
+    """The flow's next op, given the result of its previous one (None to start), or its
+    result once it returns: the one step both shells' loops take."""
+    try:
+        return flow.send(result)
+    except StopIteration as done:
+        return _Done(done.value)
 
 
 class SidecarSaver(BaseCheckpointSaver[str]):
@@ -68,7 +89,9 @@ class SidecarSaver(BaseCheckpointSaver[str]):
             serde = EncryptedSerializer(SealCipher(checkpointer.sealer, prefix))
         super().__init__(serde=serde)
         self.checkpointer = checkpointer
-        self.flows = Flows(checkpointer.config, checkpointer.telemetry.metrics)
+        self.flows = Flows(
+            checkpointer.config, checkpointer.telemetry.metrics, checkpointer.store.slot
+        )
         self._threaded = isinstance(checkpointer, SyncCheckpointer)
         if loop is None and not self._threaded:
             try:
@@ -77,58 +100,25 @@ class SidecarSaver(BaseCheckpointSaver[str]):
                 loop = None
         self.loop = loop
 
-    def _op(self, step: Step) -> Op[Any]:
-        plan = step.plan
-        return Op(
-            step.operation,
-            script_call(plan.script, plan.keys, plan.args),
-            ids=(step.label, ""),
-            slot=self.checkpointer.store.slot(plan.keys[0]),
-            nothing=None,
-            parse=step.parse,
-            always_raise=True,  # an outage is never "no checkpoint"
-        )
-
     # --- the async shell -------------------------------------------------------------------
 
     async def _run(self, flow: Flow[T]) -> T:
         if self._threaded:
             return await asyncio.to_thread(self._run_sync, flow)
-        cp = self.checkpointer
-        assert isinstance(cp, Checkpointer)
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        reply: Any = None
-        try:
-            while True:
-                item = flow.send(reply)
-                reply = await cp.perform(self._op(item)) if isinstance(item, Step) else None
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        finally:
-            flow.close()
+        perform = self.checkpointer.perform
+        with closing(flow):
+            step = _advance(flow, None)
+            while not isinstance(step, _Done):
+                step = _advance(flow, await perform(step))
+            return step.value
 
-    async def _stream(self, flow: Flow[None]) -> AsyncIterator[CheckpointTuple]:
-        if self._threaded:
-            for found in await asyncio.to_thread(lambda: list(self._stream_sync(flow))):
+    async def _stream(self, pages: Pages) -> AsyncIterator[CheckpointTuple]:
+        """Each page's tuples, a page at a time (the next page is read when asked for)."""
+        for page in pages:
+            for found in await self._run(page):
                 yield found
-            return
-        cp = self.checkpointer
-        assert isinstance(cp, Checkpointer)
-        reply: Any = None
-        try:
-            while True:
-                try:
-                    item = flow.send(reply)
-                except StopIteration:
-                    return
-                if isinstance(item, Emit):
-                    reply = None
-                    yield item.value
-                else:
-                    reply = await cp.perform(self._op(item))
-        finally:
-            flow.close()
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return await self._run(self.flows.get_tuple(self.serde, config))
@@ -141,8 +131,8 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        async for item in self._stream(self.flows.list(self.serde, config, filter, before, limit)):
-            yield item
+        async for found in self._stream(self.flows.list(self.serde, config, filter, before, limit)):
+            yield found
 
     async def aput(
         self,
@@ -188,35 +178,16 @@ class SidecarSaver(BaseCheckpointSaver[str]):
     # --- the sync shell --------------------------------------------------------------------
 
     def _run_sync(self, flow: Flow[T]) -> T:
-        cp = self.checkpointer
-        assert isinstance(cp, SyncCheckpointer)
-        reply: Any = None
-        try:
-            while True:
-                item = flow.send(reply)
-                reply = cp.perform(self._op(item)) if isinstance(item, Step) else None
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        finally:
-            flow.close()
+        perform = self.checkpointer.perform
+        with closing(flow):
+            step = _advance(flow, None)
+            while not isinstance(step, _Done):
+                step = _advance(flow, perform(step))
+            return step.value
 
-    def _stream_sync(self, flow: Flow[None]) -> Iterator[CheckpointTuple]:
-        cp = self.checkpointer
-        assert isinstance(cp, SyncCheckpointer)
-        reply: Any = None
-        try:
-            while True:
-                try:
-                    item = flow.send(reply)
-                except StopIteration:
-                    return
-                if isinstance(item, Emit):
-                    reply = None
-                    yield item.value
-                else:
-                    reply = cp.perform(self._op(item))
-        finally:
-            flow.close()
+    def _stream_sync(self, pages: Pages) -> Iterator[CheckpointTuple]:
+        for page in pages:
+            yield from self._run_sync(page)
 
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         """An async method of an asyncio Checkpointer's saver, from another thread."""
@@ -258,12 +229,12 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        flow = self.flows.list(self.serde, config, filter, before, limit)
+        pages = self.flows.list(self.serde, config, filter, before, limit)
         if self._threaded:
-            return self._stream_sync(flow)
+            return self._stream_sync(pages)
 
         async def collect() -> list[CheckpointTuple]:
-            return [t async for t in self._stream(flow)]
+            return [t async for t in self._stream(pages)]
 
         return iter(self._on_loop(collect()))
 

@@ -118,3 +118,23 @@ def test_import_without_langgraph_names_the_extra_and_keys_still_load() -> None:
     ).stdout
     assert "ParsedThreadKey(thread_id='t 1', kind='idx')" in out
     assert "pip install 'checkpoint-sidecar[langgraph]'" in out
+
+
+def test_registered_put_flags_only_the_registration() -> None:
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": "p"}}
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = "c2"
+    put = core.plan_put(
+        thread_keys("p", "t"),
+        SERDE,
+        config,
+        checkpoint,
+        {"run_id": "r"},
+        {},
+        1000,  # type: ignore[arg-type]
+    )
+    head = str(put.plan.args[0]).split("\x1f")
+    assert head == ["", "c2", "p", "1000", "r", "0", "0"]
+    again = str(put.registered().plan.args[0]).split("\x1f")
+    assert again == ["", "c2", "p", "1000", "r", "1", "0"]
+    assert put.registered().plan.args[1:] == put.plan.args[1:]
