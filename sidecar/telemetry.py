@@ -161,13 +161,7 @@ class Instrumentation:
         self._exceeded: dict[str, Any] = {}
         self._bytes: dict[str, Any] = {}
         self._stored: dict[str, Any] = {}
-
-    def observe_stored(self, operation: str, nbytes: int) -> None:
-        """One section's size as stored in Redis (``checkpoint_section_stored_bytes``)."""
-        sized = self._stored.get(operation)
-        if sized is None:
-            sized = self._stored[operation] = self.metrics.stored_bytes.labels(operation)
-        sized.observe(nbytes)
+        self._described: dict[tuple[str, str], SpanAttributes] = {}
 
     def circuit_changed(self, is_open: bool) -> None:
         """One breaker on this registry opened or closed; the gauge says whether any is open."""
@@ -189,13 +183,16 @@ class Instrumentation:
         """The span's request attributes, for :meth:`finish` (build them only when the span
         is recording). They go on the span with the outcome in one ``set_attributes`` call:
         the SDK validates and locks per call, and this path runs on every checkpoint."""
-        attrs: SpanAttributes = {
-            "db.system.name": "redis",
-            "db.operation.name": db_operation,
-            "server.address": self.server_address,
-            "server.port": self.server_port,
-            "checkpoint.operation": operation,
-        }
+        base = self._described.get((operation, db_operation))
+        if base is None:
+            base = self._described[(operation, db_operation)] = {
+                "db.system.name": "redis",
+                "db.operation.name": db_operation,
+                "server.address": self.server_address,
+                "server.port": self.server_port,
+                "checkpoint.operation": operation,
+            }
+        attrs = base.copy()  # finish() adds the outcome to it
         if section is not None:
             attrs["checkpoint.section"] = section
         if self.trace_identifiers:
@@ -212,9 +209,11 @@ class Instrumentation:
         nbytes: int | None,
         error: BaseException | None,
         attrs: SpanAttributes | None = None,
+        stored: int | None = None,
     ) -> bool:
         """Record the outcome on the span (with ``attrs``, the request attributes) and in the
-        metrics, and end the span; True when over budget."""
+        metrics, and end the span; True when over budget. ``nbytes``: the sections' serialized
+        size; ``stored``: their size in Redis (both observed only when the call succeeded)."""
         exceeded = duration > self.budget_seconds
         exemplar = None
         if span.is_recording():
@@ -246,6 +245,11 @@ class Instrumentation:
             if sized is None:
                 sized = self._bytes[operation] = self.metrics.section_bytes.labels(operation)
             sized.observe(nbytes)
+            if stored:
+                held = self._stored.get(operation)
+                if held is None:
+                    held = self._stored[operation] = self.metrics.stored_bytes.labels(operation)
+                held.observe(stored)
         return exceeded
 
 

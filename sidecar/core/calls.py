@@ -67,8 +67,8 @@ class Call:
     """One call in flight: its span, its breaker, and when it started."""
 
     __slots__ = (
-        "_allowed", "_attrs", "_breaker", "_measure", "_nbytes", "_op", "_parse", "_rec",
-        "_span", "_start", "_token", "error", "result",
+        "_allowed", "_attrs", "_breaker", "_op", "_parse", "_rec", "_sizes", "_span",
+        "_start", "_token", "error", "result",
     )  # fmt: skip
 
     def __init__(
@@ -82,11 +82,10 @@ class Call:
         self._rec = recorder
         self._op = op.operation
         self._parse = op.parse
-        self._measure = op.measure
+        self._sizes = op.sizes
         self._span = span
         self._attrs = attrs
         self._breaker = breaker
-        self._nbytes = op.nbytes
         self._token: object = None
         self.result: Any = None
         self.error: CheckpointError | None = None
@@ -97,15 +96,13 @@ class Call:
                 self._allowed = breaker.allow()
         if self._allowed is False:
             self.error = CircuitOpen(f"{self._op}: circuit open after repeated failures")
-            recorder.telemetry.finish(span, self._op, names.SKIPPED, 0.0, self._nbytes, None, attrs)
+            self._finish(names.SKIPPED, None, 0.0)
         self._start = time.perf_counter()
 
     def reply(self, raw: Any) -> None:
-        """The command's reply: parsed (a parser's error propagates), then measured (a sealed
-        value's logical size is known once the parser opened it)."""
+        """The command's reply, parsed (a parser's error propagates; a load's parser adds up
+        the sizes of what it opened)."""
         self.result = self._parse(raw)
-        if self._measure is not None:
-            self._nbytes = self._measure(raw)
 
     def __enter__(self) -> Call:
         # the span is current during the call (what trace.use_span does, without its
@@ -161,11 +158,17 @@ class Call:
             self._breaker.success()
         self._finish(outcome, exc)
 
-    def _finish(self, outcome: str, error: BaseException | None) -> None:
-        duration = time.perf_counter() - self._start
+    def _finish(
+        self, outcome: str, error: BaseException | None, duration: float | None = None
+    ) -> None:
+        if duration is None:
+            duration = time.perf_counter() - self._start
+        sizes = self._sizes
         self._rec.telemetry.finish(
-            self._span, self._op, outcome, duration, self._nbytes, error, self._attrs
-        )
+            self._span, self._op, outcome, duration,
+            None if sizes is None else sizes.logical or None, error, self._attrs,
+            None if sizes is None else sizes.stored,
+        )  # fmt: skip
 
 
 class CallRecorder:

@@ -60,6 +60,18 @@ def _identity(reply: Any) -> Any:
     return reply
 
 
+class Sizes:
+    """Logical (serialized JSON) and stored (sealed) bytes of one op's sections: known when a
+    save is built, added up by a load's parser as it opens each value. Recorded with the
+    call's outcome (``checkpoint_section_bytes``, ``checkpoint_section_stored_bytes``)."""
+
+    __slots__ = ("logical", "stored")
+
+    def __init__(self, logical: int = 0, stored: int = 0) -> None:
+        self.logical = logical
+        self.stored = stored
+
+
 @dataclass(slots=True)
 class Op(Generic[T_co]):
     """One instrumented, budget-bounded checkpoint operation of one run.
@@ -76,8 +88,7 @@ class Op(Generic[T_co]):
     nothing: T_co
     parse: Callable[[Any], T_co] = field(default=_identity)
     section: str | None = None
-    nbytes: int | None = None
-    measure: Callable[[Any], int | None] | None = None
+    sizes: Sizes | None = None
     always_raise: bool = False
     event: EventKind | None = None
     event_if: Callable[[Any], bool] = field(default=_always)

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar import codec, lua
-from sidecar.core.ops import Op, script_call
-from sidecar.core.verbs import Sizes, Verbs, flat_pairs, text
+from sidecar.core.ops import Op, Sizes, script_call
+from sidecar.core.verbs import Verbs, flat_pairs, text
 from sidecar.errors import (
     CheckpointError,
     CheckpointRefused,

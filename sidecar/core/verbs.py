@@ -35,7 +35,7 @@ from sidecar import codec, lua
 from sidecar.config import CheckpointConfig
 from sidecar.core.calls import CallRecorder
 from sidecar.core.durability import Durability, Replicated
-from sidecar.core.ops import Command, Op, script_call
+from sidecar.core.ops import Command, Op, Sizes, script_call
 from sidecar.errors import CheckpointError, NotReplicated
 from sidecar.keys import RunKeys, run_keys, validate_section
 from sidecar.models import ContextLike, Progress, ResumeView
@@ -112,19 +112,6 @@ def scope_for(
     return Scope(keys, (user_id, run_id), slot_of(keys.meta))
 
 
-class Sizes:
-    """Logical and stored bytes of what one op opened (read by its ``measure``)."""
-
-    __slots__ = ("logical", "stored")
-
-    def __init__(self) -> None:
-        self.logical = 0
-        self.stored = 0
-
-    def measure(self, _: Any) -> int | None:
-        return self.logical or None
-
-
 _IDENTITY = Sealer()
 
 
@@ -158,10 +145,6 @@ class Verbs:
         sizes.logical += len(payload)
         sizes.stored += len(raw)
         return payload
-
-    def stored(self, operation: str, sizes: Sizes) -> None:
-        if sizes.stored:
-            self.recorder.telemetry.observe_stored(operation, sizes.stored)
 
     def op(self, operation: str, command: Command, nothing: T, **kw: Any) -> Op[T]:
         return Op(operation, command, self.scope.ids, self.scope.slot, nothing, **kw)
@@ -199,25 +182,23 @@ class Verbs:
         stored = payload if sealer.identity else sealer.seal(payload, self.binding.section(name))
         args = (name, stored, cfg.ttl_ms, owner, fence, cfg.lease_ttl_ms, next_section)
         wait = self.durability
-        telemetry = self.recorder.telemetry
+        if wait is not None:
 
-        def confirmed(reply: Any) -> bool:
-            if isinstance(reply, Replicated):  # sent with WAIT / WAITAOF
+            def confirmed(reply: Any) -> bool:
+                if not isinstance(reply, Replicated):  # a cluster node without WAIT support
+                    return parse(reply)
                 result = parse(reply.reply)  # a lease refusal raises first
                 if not reply.replication.confirmed:
                     raise NotReplicated(
                         f"save_section: saved on the primary, not confirmed: "
                         f"{reply.replication.detail}"
                     )
-            else:
-                result = parse(reply)
-            telemetry.observe_stored("save_section", len(stored))
-            return result
+                return result
 
         command = script_call(lua.SAVE_SECTION, self.scope.keys.all, args, wait)
         return self.op(
-            "save_section", command, False,
-            parse=confirmed, section=name, nbytes=len(payload), event="saved",
+            "save_section", command, False, parse=parse if wait is None else confirmed,
+            section=name, sizes=Sizes(len(payload), len(stored)), event="saved",
         )  # fmt: skip
 
     def load_section(self, name: str, model: Any = None) -> Op[Any]:
@@ -233,12 +214,10 @@ class Verbs:
         def parse(raw: Any) -> Any:
             if raw is None:
                 return None
-            value = codec.load(name, self.open(name, raw, sizes), model)
-            self.stored("load_section", sizes)
-            return value
+            return codec.load(name, self.open(name, raw, sizes), model)
 
         return self.op(
-            "load_section", command, None, parse=parse, section=name, measure=sizes.measure,
+            "load_section", command, None, parse=parse, section=name, sizes=sizes,
             event="loaded", event_if=_loaded,
         )  # fmt: skip
 
@@ -254,16 +233,14 @@ class Verbs:
         op_name = "load_all_sections"
 
         def parse(reply: Any) -> dict[str, Any]:
-            sections = {
+            return {
                 name: codec.load(name, self.open(name, raw, sizes), model)
                 for name, raw in flat_pairs(reply or [])
             }
-            self.stored(op_name, sizes)
-            return sections
 
         empty: dict[str, Any] = {}
         return self.op(
-            op_name, command, empty, parse=parse, measure=sizes.measure,
+            op_name, command, empty, parse=parse, sizes=sizes,
             event="loaded", event_if=bool,
         )  # fmt: skip
 
@@ -311,7 +288,6 @@ class Verbs:
                 name: codec.load(name, self.open(name, raw, sizes), model)
                 for name, raw in flat_pairs(flat)
             }
-            self.stored("resume_view", sizes)
             return ResumeView(
                 sections=sections,
                 progress=progress_from_meta(meta) if meta else Progress(),
@@ -321,7 +297,7 @@ class Verbs:
         command = script_call(lua.RESUME_VIEW, self.scope.keys.all[:2])
         return self.op(
             "resume_view", command, None, parse=parse, event="loaded",
-            event_if=_present, measure=sizes.measure,
+            event_if=_present, sizes=sizes,
         )  # fmt: skip
 
 
