@@ -21,7 +21,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -118,6 +118,16 @@ class Sidecar:
         self._server_task: asyncio.Task[None] | None = None
         self._watcher_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
+        self._components: dict[str, Callable[[], bool]] = {}
+
+    def add_component(self, name: str, running: Callable[[], bool]) -> None:
+        """Have ``/healthz`` report ``name`` as stopped once ``running()`` turns False while
+        the sidecar is not stopping (the HTTP API's thread, say: it runs beside this loop,
+        so no task of ours ends when it dies). ``running`` is called on every probe."""
+        self._components[name] = running
+
+    def remove_component(self, name: str) -> None:
+        self._components.pop(name, None)
 
     # --- what callers read ------------------------------------------------------------
     @property
@@ -174,12 +184,13 @@ class Sidecar:
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """``(alive, details)`` as ``/healthz`` reports it: False only when the process is
-        wedged — a background task (watcher, reaper) ended although nothing stopped it."""
-        dead = [
-            t.get_name()
-            for t in (self._watcher_task, self._reaper_task)
-            if t is not None and t.done() and not self._stopping
-        ]
+        wedged — a background task (watcher, reaper) or a component (the HTTP API) ended
+        although nothing stopped it."""
+        if self._stopping:
+            return True, {}
+        tasks = (self._watcher_task, self._reaper_task)
+        dead = [t.get_name() for t in tasks if t is not None and t.done()]
+        dead += [name for name, running in self._components.items() if not running()]
         if dead:
             return False, {"stopped": dead}
         return True, {}
@@ -301,8 +312,12 @@ class Sidecar:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY on accepted sockets only then (they
+    # inherit the listener's proto); without it a response written as head + body (/metrics,
+    # /readyz) waits for the scraper's delayed ACK, ~40 ms. Same fix as sidecar/api/server.py.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
