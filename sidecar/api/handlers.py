@@ -13,6 +13,7 @@ from typing import Any
 
 from sidecar.api.http import BODY_TIMEOUT_S, JSON_TYPE, NO_CONTENT, Request, Response, parse_json
 from sidecar.api.problems import Problem
+from sidecar.api.view import RawSection, view_json
 from sidecar.checkpointer import Checkpointer
 from sidecar.keys import validate_section
 from sidecar.manager import CheckpointManager
@@ -108,10 +109,10 @@ async def load_section(api: Api, req: Request) -> Response:
 
 
 async def resume_view(api: Api, req: Request) -> Response:
-    view = await api.manager(_ids(req)).resume_view()
+    view = await api.manager(_ids(req)).resume_view(RawSection)  # sections as stored JSON
     if view is None:
         raise Problem("run_not_found", "this run has no checkpoints (never saved, or expired)")
-    return Response(200, view.model_dump_json().encode(), JSON_TYPE)
+    return Response(200, view_json(view), JSON_TYPE)
 
 
 async def cleanup(api: Api, req: Request) -> Response:
