@@ -47,20 +47,6 @@ class Route:
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.template.strip("/").split("/")))
 
-    def match(self, parts: list[str]) -> dict[str, str] | None:
-        """Decoded parameters when the raw path ``parts`` fit this template, else None."""
-        if len(parts) != len(self.segments):
-            return None
-        params: dict[str, str] = {}
-        for want, got in zip(self.segments, parts, strict=True):
-            if want[0] == "{":
-                params[want[1:-1]] = got
-            elif want != got:
-                return None
-        for name, raw in params.items():
-            params[name] = decode_segment(raw, PARAM_NAMES[name])
-        return params
-
 
 RUN = "/v1/runs/{user}/{run}"
 SECTION = RUN + "/sections/{section}"
@@ -117,9 +103,36 @@ ROUTES: Final[tuple[Route, ...]] = (
 )  # fmt: skip
 
 
-_BY_LENGTH: Final[dict[int, tuple[Route, ...]]] = {
-    n: tuple(r for r in ROUTES if len(r.segments) == n) for n in {len(r.segments) for r in ROUTES}
-}
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The routes sharing one path template (its literal segments), by method."""
+
+    literals: tuple[tuple[int, str], ...]  # (position, text) of each literal segment
+    params: tuple[tuple[int, str], ...]  # (position, name) of each parameter
+    by_method: dict[str, Route]
+
+    def fits(self, parts: list[str]) -> bool:
+        return all(parts[i] == text for i, text in self.literals)
+
+    def decode(self, parts: list[str]) -> dict[str, str]:
+        return {name: decode_segment(parts[i], PARAM_NAMES[name]) for i, name in self.params}
+
+
+def _shapes() -> dict[int, tuple[_Shape, ...]]:
+    """Routes grouped by segment count, then by template (a dict lookup per request, not a
+    walk over every route: this runs on every request)."""
+    by_template: dict[tuple[str, ...], dict[str, Route]] = {}
+    for route in ROUTES:
+        by_template.setdefault(route.segments, {})[route.method] = route
+    shapes: dict[int, list[_Shape]] = {}
+    for segments, by_method in by_template.items():
+        literals = tuple((i, s) for i, s in enumerate(segments) if s[0] != "{")
+        params = tuple((i, s[1:-1]) for i, s in enumerate(segments) if s[0] == "{")
+        shapes.setdefault(len(segments), []).append(_Shape(literals, params, by_method))
+    return {n: tuple(found) for n, found in shapes.items()}
+
+
+_BY_LENGTH: Final[dict[int, tuple[_Shape, ...]]] = _shapes()
 
 
 def resolve(method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
@@ -130,13 +143,14 @@ def resolve(method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
         raise Problem("not_found", "the path is not ASCII; percent-encode the ids") from None
     parts = path[1:].split("/") if path.startswith("/") else path.split("/")
     allowed: list[str] = []
-    for route in _BY_LENGTH.get(len(parts), ()):
-        if not _literals_fit(route, parts):
+    for shape in _BY_LENGTH.get(len(parts), ()):
+        if not shape.fits(parts):
             continue
-        if route.method != method:
-            allowed.append(route.method)
+        route = shape.by_method.get(method)
+        if route is None:
+            allowed += shape.by_method
             continue
-        return route, route.match(parts) or {}
+        return route, shape.decode(parts)
     if allowed:
         raise Problem(
             "method_not_allowed",
@@ -144,7 +158,3 @@ def resolve(method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
             headers=[(b"allow", ", ".join(allowed).encode())],
         )
     raise Problem("not_found", "no such route; see GET /v1/openapi.json")
-
-
-def _literals_fit(route: Route, parts: list[str]) -> bool:
-    return all(w[0] == "{" or w == g for w, g in zip(route.segments, parts, strict=True))
