@@ -87,6 +87,8 @@ async def serve_api(args: argparse.Namespace, sidecar: Sidecar) -> AsyncIterator
         assert api.server is not None
         auth = "bearer token required" if api.server.authorizer.required else "no token"
         print(f"api {api.server.url} ({auth})", flush=True)
+        sidecar.add_component("api", api.running)  # /healthz: 503 if the API thread dies
         yield
     finally:
+        sidecar.remove_component("api")
         await api.stop()

@@ -89,6 +89,18 @@ class ApiServer:
         return port
 
     @property
+    def task(self) -> asyncio.Task[None]:
+        """The serving task (after :meth:`start`)."""
+        assert self._task is not None, "start() first"
+        return self._task
+
+    @property
+    def serving(self) -> bool:
+        """True between a successful :meth:`start` and the server's end."""
+        task = self._task
+        return task is not None and not task.done()
+
+    @property
     def url(self) -> str:
         """``http://host:port`` or ``unix:<path>`` (what clients are given)."""
         if self.socket_path:
@@ -165,10 +177,18 @@ class ApiServer:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests (2 s at most), close Redis. Idempotent."""
         if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(3.0):
-                    await asyncio.shield(self._task)
+            if self._task.done():
+                # the server ended by itself (its task failed or was cancelled): uvicorn's own
+                # shutdown never ran, so close its listener and connections here
+                self._server.force_exit = True
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(3.0):
+                        await self._server.shutdown()
+            else:
+                self._server.should_exit = True
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(3.0):
+                        await asyncio.shield(self._task)
             if not self._task.done():
                 self._server.force_exit = True
                 self._task.cancel()
@@ -235,10 +255,22 @@ class ApiThread:
             return
         self.server = server
         ready.set_result(None)
+        stopping = asyncio.ensure_future(self._stop.wait())
         try:
-            await self._stop.wait()
+            # also return when the server ends by itself: the thread then ends, and the
+            # sidecar's /healthz (which polls running()) reports the API stopped
+            await asyncio.wait({stopping, server.task}, return_when=asyncio.FIRST_COMPLETED)
+            if not self._stop.is_set():
+                log.error("API server stopped unexpectedly; /healthz reports it")
         finally:
+            stopping.cancel()
             await server.stop()
+
+    def running(self) -> bool:
+        """True while the API serves: its thread alive and its server not ended. Safe to
+        call from another thread (it reads two flags)."""
+        thread, server = self._thread, self.server
+        return thread is not None and thread.is_alive() and server is not None and server.serving
 
     async def stop(self) -> None:
         """Stop the server (in-flight requests get 2 s) and join the thread. Idempotent."""
