@@ -48,6 +48,11 @@ def remaining() -> float | None:
     return left
 
 
+READ_SLACK_S = 0.0005
+"""How far past the deadline a reply may be waited for, at most, to spare two system calls
+per call (the usual case: the send took microseconds)."""
+
+
 class _Bounded:
     """Socket timeouts from the call's deadline (mixed into redis-py's connection classes)."""
 
@@ -71,7 +76,13 @@ class _Bounded:
     def read_response(self, disable_decoding: bool = False, **kwargs: Any) -> Any:
         left = remaining()
         if left is not None:
-            kwargs["timeout"] = left
+            # The send just set the socket's timeout to what was left then: re-set it (a
+            # system call now, and another when redis-py restores it) only when the send
+            # took long enough that the difference matters.
+            sock = self._sock
+            current = None if sock is None else sock.gettimeout()
+            if current is None or current - left > READ_SLACK_S:
+                kwargs["timeout"] = left
         return super().read_response(disable_decoding, **kwargs)  # type: ignore[misc]
 
 
