@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
+from pydantic_core import from_json
+
 from sidecar.api.problems import Problem
 
 Scope = MutableMapping[str, Any]
@@ -48,6 +50,10 @@ def parse_json(raw: bytes, what: str = "body") -> Any:
     """Strict JSON (no NaN/Infinity); 400 ``invalid_body`` for anything else."""
     if not raw.strip():
         raise Problem("invalid_body", f"the {what} is empty; send a JSON value")
+    try:  # the fast parser takes strict JSON; anything else gets json.loads's verdict
+        return from_json(raw, allow_inf_nan=False)
+    except ValueError:
+        pass
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
