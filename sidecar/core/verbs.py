@@ -113,6 +113,7 @@ def scope_for(
 
 
 _IDENTITY = Sealer()
+VALID_NAMES_KEPT = 64  # section names a manager remembers as validated
 
 
 class Verbs:
@@ -134,6 +135,7 @@ class Verbs:
         self.recorder = recorder
         self.sealer = sealer if sealer is not None else _IDENTITY
         self.binding = RunBinding.of(config.key_prefix, *scope.ids)
+        self._valid: set[str] = set()
         durability = Durability.from_config(config)
         self.durability = durability if durability.active else None
 
@@ -150,12 +152,18 @@ class Verbs:
         return Op(operation, command, self.scope.ids, self.scope.slot, nothing, **kw)
 
     def section(self, operation: str, section: object) -> str:
-        """A validated section name; a bad one is recorded as ``rejected`` and raised."""
+        """A validated section name; a bad one is recorded as ``rejected`` and raised. A run
+        saves the same few names again and again: the valid ones are remembered."""
+        if type(section) is str and section in self._valid:
+            return section
         try:
-            return validate_section(section)
+            name = validate_section(section)
         except CheckpointError as exc:
             self.recorder.reject(operation, exc)
             raise
+        if len(self._valid) < VALID_NAMES_KEPT:
+            self._valid.add(name)
+        return name
 
     def payload(self, operation: str, name: str, content: Any) -> bytes:
         """Serialized content; unserializable or too large content is recorded and raised."""
@@ -195,10 +203,12 @@ class Verbs:
                     )
                 return result
 
-        command = script_call(lua.SAVE_SECTION, self.scope.keys.all, args, wait)
-        return self.op(
-            "save_section", command, False, parse=parse if wait is None else confirmed,
-            section=name, sizes=Sizes(len(payload), len(stored)), event="saved",
+        scope = self.scope
+        command = Command("EVALSHA", scope.keys.all, args, lua.SAVE_SECTION, wait)
+        return Op(  # built directly (not through self.op): every step of every run makes one
+            "save_section", command, scope.ids, scope.slot, False,
+            parse=parse if wait is None else confirmed, section=name,
+            sizes=Sizes(len(payload), len(stored)), event="saved",
         )  # fmt: skip
 
     def load_section(self, name: str, model: Any = None) -> Op[Any]:
