@@ -193,7 +193,7 @@ class Verbs:
         if wait is not None:
 
             def confirmed(reply: Any) -> bool:
-                if not isinstance(reply, Replicated):  # a cluster node without WAIT support
+                if not isinstance(reply, Replicated):  # a store that sent no WAIT
                     return parse(reply)
                 result = parse(reply.reply)  # a lease refusal raises first
                 if not reply.replication.confirmed:
@@ -203,12 +203,10 @@ class Verbs:
                     )
                 return result
 
-        scope = self.scope
-        command = Command("EVALSHA", scope.keys.all, args, lua.SAVE_SECTION, wait)
-        return Op(  # built directly (not through self.op): every step of every run makes one
-            "save_section", command, scope.ids, scope.slot, False,
-            parse=parse if wait is None else confirmed, section=name,
-            sizes=Sizes(len(payload), len(stored)), event="saved",
+        command = script_call(lua.SAVE_SECTION, self.scope.keys.all, args, wait)
+        return self.op(
+            "save_section", command, False, parse=parse if wait is None else confirmed,
+            section=name, sizes=Sizes(len(payload), len(stored)), event="saved",
         )  # fmt: skip
 
     def load_section(self, name: str, model: Any = None) -> Op[Any]:
