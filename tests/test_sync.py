@@ -24,6 +24,7 @@ from sidecar import (
     SyncCheckpointManager,
 )
 from sidecar.server.embedded import EmbeddedServer
+from sidecar.sync.store import DEADLINE, build_sync_client
 
 PLAN = ["summary", "data_analysis", "recommendations", "action_items"]
 SLACK_S = 0.5  # a shared CI machine: what matters is that calls return, and soon
@@ -205,3 +206,21 @@ async def test_connect_opens_the_connections_asked_for(private_server: EmbeddedS
                                      registry=CollectorRegistry()) as acp:  # fmt: skip
         await acp.connect(connections=5)
         assert clients() == 5
+
+
+def test_a_read_begun_after_the_budget_is_spent_drops_its_connection(
+    redis_server: EmbeddedServer,
+) -> None:
+    client = build_sync_client(redis_server.url)
+    try:
+        conn = client.connection_pool.get_connection()
+        DEADLINE.at = time.monotonic() + 5
+        conn.send_command("PING")
+        DEADLINE.at = time.monotonic() - 1  # spent between the send and the read
+        with pytest.raises(redis.exceptions.TimeoutError):
+            conn.read_response()
+        assert conn._sock is None  # dropped: its PONG is never read as another command's reply
+        client.connection_pool.release(conn)
+    finally:
+        DEADLINE.at = None
+        client.close()

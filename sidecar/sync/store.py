@@ -74,7 +74,11 @@ class _Bounded:
         super().send_packed_command(command, check_health)  # type: ignore[misc]
 
     def read_response(self, disable_decoding: bool = False, **kwargs: Any) -> Any:
-        left = remaining()
+        try:
+            left = remaining()
+        except rexc.TimeoutError:  # spent before the read: the reply is still in flight
+            self.disconnect()  # type: ignore[attr-defined]
+            raise
         if left is not None:
             # The send just set the socket's timeout to what was left then: re-set it (a
             # system call now, and another when redis-py restores it) only when the send
