@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import sys
 from collections.abc import Iterator
 from typing import Any, TypeAlias
@@ -21,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 
+from sidecar.core.direct import ScriptPath
 from sidecar.core.durability import Replicated
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
@@ -162,6 +164,30 @@ def server_address(client: Any) -> tuple[str, int]:
     return str(kwargs.get("host", kwargs.get("path", "localhost"))), int(kwargs.get("port", 0))
 
 
+_PLAIN_EXECUTE = inspect.unwrap(aioredis.Redis.execute_command)
+
+
+async def _run_script(pool: Any, script: Any, keys: tuple[str, ...], args: tuple[Arg, ...]) -> Any:
+    """EVALSHA (EVAL on NOSCRIPT) on a connection of ``pool`` (:mod:`sidecar.core.direct`
+    says why not through ``execute_command``). A cancelled read (the budget) makes redis-py
+    drop the connection, as on its own path."""
+    conn = await pool.get_connection()
+    try:
+        await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await conn.read_response()
+        except rexc.NoScriptError:
+            await conn.send_command("EVAL", script.source, len(keys), *keys, *args)
+            return await conn.read_response()
+    except rexc.ResponseError:
+        raise  # an error reply, read whole: the connection is aligned
+    except BaseException:
+        await conn.disconnect(nowait=True)  # a reply may still be in flight
+        raise
+    finally:
+        await pool.release(conn)
+
+
 class Store:
     """One Redis (or Redis Cluster) client and the commands the library sends through it."""
 
@@ -170,6 +196,7 @@ class Store:
         self.sockets = sockets  # the client's transports, when we built it (closing waits)
         self._discover = isinstance(client, RedisCluster)
         self._discovery = asyncio.Lock()
+        self._direct = ScriptPath(client, aioredis.Redis, _PLAIN_EXECUTE)
 
     def slot(self, key: str) -> int | None:
         return key_slot(self.client, key)
@@ -208,6 +235,9 @@ class Store:
             try:
                 if self._discover:
                     await self._ready()
+                pool = self._direct.pool_for_scripts()
+                if pool is not None:
+                    return await _run_script(pool, script, keys, command.args)
                 try:
                     return await self.client.evalsha(script.sha, len(keys), *keys, *command.args)
                 except rexc.NoScriptError:

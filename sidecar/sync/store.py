@@ -11,6 +11,7 @@ call on it reconnects instead of reading the late reply of another command.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from typing import Any, TypeAlias
@@ -21,7 +22,9 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from sidecar.core.ops import Command
+from sidecar.core.direct import ScriptPath
+from sidecar.core.ops import Arg, Command
+from sidecar.lua import Script
 from sidecar.store import key_slot, mapped_error, mapped_errors, shard_name
 from sidecar.sync.replication import run_script_durably
 
@@ -139,12 +142,36 @@ def is_bounded(client: SyncRedisClient) -> bool:
     return isinstance(cls, type) and issubclass(cls, _Bounded)
 
 
+_PLAIN_EXECUTE = inspect.unwrap(redis.Redis.execute_command)
+
+
+def _run_script(pool: Any, script: Script, keys: tuple[str, ...], args: tuple[Arg, ...]) -> Any:
+    """EVALSHA (EVAL on NOSCRIPT) on a connection of ``pool``, bounded by the call's deadline
+    (:mod:`sidecar.core.direct` says why not through ``execute_command``)."""
+    conn = pool.get_connection()
+    try:
+        conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return conn.read_response()
+        except rexc.NoScriptError:
+            conn.send_command("EVAL", script.source, len(keys), *keys, *args)
+            return conn.read_response()
+    except rexc.ResponseError:
+        raise  # an error reply, read whole: the connection is aligned
+    except BaseException:
+        conn.disconnect()  # a reply may still be in flight
+        raise
+    finally:
+        pool.release(conn)
+
+
 class SyncStore:
     """One sync Redis (or Redis Cluster) client; thread-safe (redis-py's connection pools)."""
 
     def __init__(self, client: SyncRedisClient) -> None:
         self.client = client
         self._discovery = threading.Lock()
+        self._direct = ScriptPath(client, redis.Redis, _PLAIN_EXECUTE)
 
     def slot(self, key: str) -> int | None:
         return key_slot(self.client, key)
@@ -165,6 +192,9 @@ class SyncStore:
             if command.wait is not None:
                 return run_script_durably(self.client, command, operation)
             keys = command.keys
+            pool = self._direct.pool_for_scripts()
+            if pool is not None:
+                return _run_script(pool, script, keys, command.args)
             try:
                 return self.client.evalsha(script.sha, len(keys), *keys, *command.args)
             except rexc.NoScriptError:

@@ -1,0 +1,179 @@
+"""Scripts go straight to a pooled connection on a plain client, and through redis-py's
+``execute_command`` whenever something hooks it (:mod:`sidecar.core.direct`)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from sidecar import CheckpointConfig, Checkpointer, RunContext, SyncCheckpointer
+from sidecar.server.embedded import EmbeddedServer
+from sidecar.store import Store
+from sidecar.sync.store import SyncStore, build_sync_client
+
+CTX = RunContext(user_id="u", run_id="r")
+CONTENT = {"text": "what the agent wrote"}
+
+
+@pytest.fixture
+def url(redis_server: EmbeddedServer) -> str:
+    with redis.Redis.from_url(redis_server.url) as admin:
+        admin.flushall()
+    return redis_server.url
+
+
+class Recording(redis.Redis):
+    """A subclass that overrides ``execute_command``, as some applications do."""
+
+    seen: list[str]
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.seen.append(str(args[0]))
+        return super().execute_command(*args, **options)
+
+
+class AsyncRecording(aioredis.Redis):
+    seen: list[str]
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.seen.append(str(args[0]))
+        return await super().execute_command(*args, **options)
+
+
+def save_and_load(client: redis.Redis) -> None:
+    with SyncCheckpointer(
+        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry()
+    ) as cp:
+        mgr = cp.manager(CTX)
+        assert mgr.save_section("summary", CONTENT) is True
+        assert mgr.load_all_sections() == {"summary": CONTENT}
+
+
+async def asave_and_load(client: aioredis.Redis) -> None:
+    async with Checkpointer(
+        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry()
+    ) as cp:
+        mgr = cp.manager(CTX)
+        assert await mgr.save_section("summary", CONTENT) is True
+        assert await mgr.load_all_sections() == {"summary": CONTENT}
+
+
+def test_a_plain_client_sends_scripts_on_its_pool(url: str) -> None:
+    client = build_sync_client(url)
+    assert SyncStore(client)._direct.pool_for_scripts() is client.connection_pool
+    save_and_load(client)
+    client.close()
+
+
+async def test_a_plain_async_client_sends_scripts_on_its_pool(url: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    assert Store(client)._direct.pool_for_scripts() is client.connection_pool
+    await asave_and_load(client)
+    await client.aclose()
+
+
+def test_noscript_on_the_direct_path_falls_back_to_eval(url: str) -> None:
+    client = build_sync_client(url)
+    with SyncCheckpointer(
+        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry()
+    ) as cp:
+        mgr = cp.manager(CTX)
+        assert mgr.save_section("summary", CONTENT) is True
+        client.script_flush()
+        assert mgr.save_section("data_analysis", CONTENT) is True
+        client.script_flush()
+        assert mgr.load_all_sections() == {"summary": CONTENT, "data_analysis": CONTENT}
+    client.close()
+
+
+async def test_noscript_on_the_async_direct_path_falls_back_to_eval(url: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    async with Checkpointer(
+        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry()
+    ) as cp:
+        mgr = cp.manager(CTX)
+        assert await mgr.save_section("summary", CONTENT) is True
+        await client.script_flush()
+        assert await mgr.load_all_sections() == {"summary": CONTENT}
+    await client.aclose()
+
+
+def test_an_overridden_execute_command_sees_every_script(url: str) -> None:
+    client = Recording.from_url(url)
+    client.seen = []
+    assert SyncStore(client)._direct.pool_for_scripts() is None
+    save_and_load(client)
+    assert client.seen.count("EVALSHA") >= 2  # the save and the load
+    client.close()
+
+
+async def test_an_overridden_async_execute_command_sees_every_script(url: str) -> None:
+    client = AsyncRecording.from_url(url)
+    client.seen = []
+    await asave_and_load(client)
+    assert client.seen.count("EVALSHA") >= 2
+    await client.aclose()
+
+
+def test_instrumentation_patched_in_later_sees_every_script(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = build_sync_client(url)
+    with SyncCheckpointer(
+        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry()
+    ) as cp:
+        mgr = cp.manager(CTX)
+        assert mgr.save_section("summary", CONTENT) is True
+        seen: list[str] = []
+        original = redis.Redis.execute_command
+
+        @functools.wraps(original)
+        def traced(self: redis.Redis, *args: Any, **options: Any) -> Any:
+            seen.append(str(args[0]))
+            return original(self, *args, **options)
+
+        monkeypatch.setattr(redis.Redis, "execute_command", traced)
+        assert mgr.save_section("data_analysis", CONTENT) is True
+        assert seen == ["EVALSHA"]
+    client.close()
+
+
+def test_a_single_connection_client_goes_through_redis_py(url: str) -> None:
+    client = redis.Redis.from_url(url, single_connection_client=True)
+    assert SyncStore(client)._direct.pool_for_scripts() is None
+    save_and_load(client)
+    client.close()
+
+
+async def test_a_single_connection_async_client_goes_through_redis_py(url: str) -> None:
+    client = aioredis.Redis.from_url(url, single_connection_client=True)
+    assert Store(client)._direct.pool_for_scripts() is None
+    await asave_and_load(client)
+    await client.aclose()
+
+
+@pytest.fixture
+def redis_py_metrics() -> Iterator[None]:
+    """redis-py's own OpenTelemetry metrics switched on (its global instance), then off."""
+    from redis.observability.config import OTelConfig
+    from redis.observability.providers import get_observability_instance
+
+    instance = get_observability_instance()
+    instance.init(OTelConfig())
+    yield
+    instance.shutdown()
+    assert instance.get_provider_manager() is None  # later tests take the direct path again
+
+
+@pytest.mark.usefixtures("redis_py_metrics")
+def test_redis_py_metrics_switched_on_keep_redis_py_s_path(url: str) -> None:
+    client = build_sync_client(url)
+    assert SyncStore(client)._direct.pool_for_scripts() is None
+    save_and_load(client)
+    client.close()
