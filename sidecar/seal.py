@@ -173,6 +173,11 @@ class Sealer:
         when it needs a codec that is not installed. ``section`` names it in messages."""
         if isinstance(stored, str):  # a client with decode_responses=True: JSON text only
             stored = stored.encode("utf-8")
+        elif not isinstance(stored, bytes):  # a reply of another shape: never parsed as ours
+            raise IntegrityError(
+                f"section {section!r}: expected a stored value, Redis answered a "
+                f"{type(stored).__name__}"
+            )
         if not stored or stored[0] != MAGIC:
             if stored and stored[0] >= 0x80 and not binary:  # not JSON (ASCII first byte)
                 raise IntegrityError(f"section {section!r}: stored value has an unknown format")

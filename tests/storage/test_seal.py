@@ -207,3 +207,12 @@ def test_repr_shows_key_ids_only(key1: str, key2: str) -> None:
         assert key2.split(":")[1] not in text
     assert "k2" in repr(s)
     assert repr(ring.current) == "DataKey(key_id='k2', material=<redacted>)"
+
+
+@pytest.mark.parametrize("reply", [1, [b"summary", b"{}"], None, {b"a": b"b"}])
+def test_a_reply_of_another_shape_is_refused_not_a_type_error(reply: object) -> None:
+    """A reply that is not a stored value (a misaligned connection would give one) raises
+    the library's own error, which callers count and handle, never a TypeError."""
+    for s in (sealer(compression="none"), sealer(new_key("k1"))):
+        with pytest.raises(IntegrityError, match="Redis answered a"):
+            s.open(reply, AAD, "summary")  # type: ignore[arg-type]
