@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 
-from sidecar.core.direct import ScriptPath
+from sidecar.core.direct import ScriptPath, pack
 from sidecar.core.durability import Replicated
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
@@ -173,11 +173,15 @@ async def _run_script(pool: Any, script: Any, keys: tuple[str, ...], args: tuple
     drop the connection, as on its own path."""
     conn = await pool.get_connection()
     try:
-        await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        await conn.send_packed_command(
+            pack(b"EVALSHA", (script.sha, len(keys)), keys, args, conn.encoder)
+        )
         try:
             return await conn.read_response()
         except rexc.NoScriptError:
-            await conn.send_command("EVAL", script.source, len(keys), *keys, *args)
+            await conn.send_packed_command(
+                pack(b"EVAL", (script.source, len(keys)), keys, args, conn.encoder)
+            )
             return await conn.read_response()
     except rexc.ResponseError:
         raise  # an error reply, read whole: the connection is aligned

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from sidecar import CheckpointConfig, Checkpointer, RunContext, SyncCheckpointer
+from sidecar.core.direct import pack
 from sidecar.server.embedded import EmbeddedServer
 from sidecar.store import Store
 from sidecar.sync.store import SyncStore, build_sync_client
@@ -46,10 +47,12 @@ class AsyncRecording(aioredis.Redis):
         return await super().execute_command(*args, **options)
 
 
+def sync_cp(client: redis.Redis) -> SyncCheckpointer:
+    return SyncCheckpointer(client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry())
+
+
 def save_and_load(client: redis.Redis) -> None:
-    with SyncCheckpointer(
-        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry()
-    ) as cp:
+    with sync_cp(client) as cp:
         mgr = cp.manager(CTX)
         assert mgr.save_section("summary", CONTENT) is True
         assert mgr.load_all_sections() == {"summary": CONTENT}
@@ -80,9 +83,7 @@ async def test_a_plain_async_client_sends_scripts_on_its_pool(url: str) -> None:
 
 def test_noscript_on_the_direct_path_falls_back_to_eval(url: str) -> None:
     client = build_sync_client(url)
-    with SyncCheckpointer(
-        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry()
-    ) as cp:
+    with sync_cp(client) as cp:
         mgr = cp.manager(CTX)
         assert mgr.save_section("summary", CONTENT) is True
         client.script_flush()
@@ -125,9 +126,7 @@ def test_instrumentation_patched_in_later_sees_every_script(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = build_sync_client(url)
-    with SyncCheckpointer(
-        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry()
-    ) as cp:
+    with sync_cp(client) as cp:
         mgr = cp.manager(CTX)
         assert mgr.save_section("summary", CONTENT) is True
         seen: list[str] = []
@@ -177,3 +176,19 @@ def test_redis_py_metrics_switched_on_keep_redis_py_s_path(url: str) -> None:
     assert SyncStore(client)._direct.pool_for_scripts() is None
     save_and_load(client)
     client.close()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_the_packer_writes_what_redis_py_writes(encoding: str) -> None:
+    conn = redis.Connection(encoding=encoding)
+    keys = ("ckpt:{usér:r}:sections", "ckpt:{usér:r}:progress")
+    args = ("summary", b"\x00\xff payload", 3_600_000, -1, 0.25, "", 0)
+    ours = pack(b"EVALSHA", ("a" * 40, len(keys)), keys, args, conn.encoder)
+    theirs = b"".join(conn.pack_command("EVALSHA", "a" * 40, len(keys), *keys, *args))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("arg", [True, None, [1]])
+def test_the_packer_refuses_what_redis_py_refuses(arg: object) -> None:
+    with pytest.raises(TypeError, match="cannot send"):
+        pack(b"EVALSHA", ("a" * 40, 1), ("k",), (arg,), redis.Connection().encoder)  # type: ignore[arg-type]

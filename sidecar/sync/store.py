@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from sidecar.core.direct import ScriptPath
+from sidecar.core.direct import ScriptPath, pack
 from sidecar.core.ops import Arg, Command
 from sidecar.lua import Script
 from sidecar.store import key_slot, mapped_error, mapped_errors, shard_name
@@ -150,11 +150,15 @@ def _run_script(pool: Any, script: Script, keys: tuple[str, ...], args: tuple[Ar
     (:mod:`sidecar.core.direct` says why not through ``execute_command``)."""
     conn = pool.get_connection()
     try:
-        conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        conn.send_packed_command(
+            [pack(b"EVALSHA", (script.sha, len(keys)), keys, args, conn.encoder)]
+        )
         try:
             return conn.read_response()
         except rexc.NoScriptError:
-            conn.send_command("EVAL", script.source, len(keys), *keys, *args)
+            conn.send_packed_command(
+                [pack(b"EVAL", (script.source, len(keys)), keys, args, conn.encoder)]
+            )
             return conn.read_response()
     except rexc.ResponseError:
         raise  # an error reply, read whole: the connection is aligned
