@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 
-from sidecar.core.direct import ScriptPath, pack
+from sidecar.core.direct import ScriptPath, packed
 from sidecar.core.durability import Replicated
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
@@ -167,21 +167,17 @@ def server_address(client: Any) -> tuple[str, int]:
 _PLAIN_EXECUTE = inspect.unwrap(aioredis.Redis.execute_command)
 
 
-async def _run_script(pool: Any, script: Any, keys: tuple[str, ...], args: tuple[Arg, ...]) -> Any:
-    """EVALSHA (EVAL on NOSCRIPT) on a connection of ``pool`` (:mod:`sidecar.core.direct`
-    says why not through ``execute_command``). A cancelled read (the budget) makes redis-py
-    drop the connection, as on its own path."""
+async def _run(pool: Any, command: Command) -> Any:
+    """``command`` on a connection of ``pool``: EVALSHA of its script (EVAL on NOSCRIPT) or
+    the plain command (:mod:`sidecar.core.direct` says why not through ``execute_command``).
+    A cancelled read (the budget) makes redis-py drop the connection, as on its own path."""
     conn = await pool.get_connection()
     try:
-        await conn.send_packed_command(
-            pack(b"EVALSHA", (script.sha, len(keys)), keys, args, conn.encoder)
-        )
+        await conn.send_packed_command(packed(command, conn.encoder))
         try:
             return await conn.read_response()
         except rexc.NoScriptError:
-            await conn.send_packed_command(
-                pack(b"EVAL", (script.source, len(keys)), keys, args, conn.encoder)
-            )
+            await conn.send_packed_command(packed(command, conn.encoder, source=True))
             return await conn.read_response()
     except rexc.ResponseError:
         raise  # an error reply, read whole: the connection is aligned
@@ -229,29 +225,26 @@ class Store:
         ``command.wait``, WAIT / WAITAOF follow in the same round trip, answered within
         ``budget_s`` from now (:mod:`sidecar.replication`)."""
         script = command.script
-        if script is not None:
-            if command.wait is not None:
-                deadline = asyncio.get_running_loop().time() + budget_s
-                return await self.run_script_durably(command, deadline)
-            # the hot path of every save and load: a plain try/except (a context manager
-            # costs ~1 us a call), and the cluster discovery check before any await
-            keys = command.keys
-            try:
-                if self._discover:
-                    await self._ready()
-                pool = self._direct.pool_for_scripts()
-                if pool is not None:
-                    return await _run_script(pool, script, keys, command.args)
-                try:
-                    return await self.client.evalsha(script.sha, len(keys), *keys, *command.args)
-                except rexc.NoScriptError:
-                    return await self.client.eval(script.source, len(keys), *keys, *command.args)
-            except (rexc.RedisError, rexc.RedisClusterException) as exc:
-                raise mapped_error(script.name, exc) from exc
-        with mapped_errors(operation):
+        if command.wait is not None:
+            deadline = asyncio.get_running_loop().time() + budget_s
+            return await self.run_script_durably(command, deadline)
+        # the hot path of every save and load: a plain try/except (a context manager costs
+        # ~1 us a call), and the cluster discovery check before any await
+        keys = command.keys
+        try:
             if self._discover:
                 await self._ready()
-            return await self.client.execute_command(command.name, *command.keys, *command.args)
+            pool = self._direct.pool_for(command.name)
+            if pool is not None:
+                return await _run(pool, command)
+            if script is None:
+                return await self.client.execute_command(command.name, *keys, *command.args)
+            try:
+                return await self.client.evalsha(script.sha, len(keys), *keys, *command.args)
+            except rexc.NoScriptError:
+                return await self.client.eval(script.source, len(keys), *keys, *command.args)
+        except (rexc.RedisError, rexc.RedisClusterException) as exc:
+            raise mapped_error(script.name if script else operation, exc) from exc
 
     async def run_script_durably(self, command: Command, deadline: float) -> Replicated:
         from sidecar.replication import run_script_durably

@@ -69,14 +69,14 @@ async def asave_and_load(client: aioredis.Redis) -> None:
 
 def test_a_plain_client_sends_scripts_on_its_pool(url: str) -> None:
     client = build_sync_client(url)
-    assert SyncStore(client)._direct.pool_for_scripts() is client.connection_pool
+    assert SyncStore(client)._direct.pool_for("EVALSHA") is client.connection_pool
     save_and_load(client)
     client.close()
 
 
 async def test_a_plain_async_client_sends_scripts_on_its_pool(url: str) -> None:
     client = aioredis.Redis.from_url(url)
-    assert Store(client)._direct.pool_for_scripts() is client.connection_pool
+    assert Store(client)._direct.pool_for("EVALSHA") is client.connection_pool
     await asave_and_load(client)
     await client.aclose()
 
@@ -108,7 +108,7 @@ async def test_noscript_on_the_async_direct_path_falls_back_to_eval(url: str) ->
 def test_an_overridden_execute_command_sees_every_script(url: str) -> None:
     client = Recording.from_url(url)
     client.seen = []
-    assert SyncStore(client)._direct.pool_for_scripts() is None
+    assert SyncStore(client)._direct.pool_for("EVALSHA") is None
     save_and_load(client)
     assert client.seen.count("EVALSHA") >= 2  # the save and the load
     client.close()
@@ -145,14 +145,14 @@ def test_instrumentation_patched_in_later_sees_every_script(
 
 def test_a_single_connection_client_goes_through_redis_py(url: str) -> None:
     client = redis.Redis.from_url(url, single_connection_client=True)
-    assert SyncStore(client)._direct.pool_for_scripts() is None
+    assert SyncStore(client)._direct.pool_for("EVALSHA") is None
     save_and_load(client)
     client.close()
 
 
 async def test_a_single_connection_async_client_goes_through_redis_py(url: str) -> None:
     client = aioredis.Redis.from_url(url, single_connection_client=True)
-    assert Store(client)._direct.pool_for_scripts() is None
+    assert Store(client)._direct.pool_for("EVALSHA") is None
     await asave_and_load(client)
     await client.aclose()
 
@@ -173,7 +173,7 @@ def redis_py_metrics() -> Iterator[None]:
 @pytest.mark.usefixtures("redis_py_metrics")
 def test_redis_py_metrics_switched_on_keep_redis_py_s_path(url: str) -> None:
     client = build_sync_client(url)
-    assert SyncStore(client)._direct.pool_for_scripts() is None
+    assert SyncStore(client)._direct.pool_for("EVALSHA") is None
     save_and_load(client)
     client.close()
 

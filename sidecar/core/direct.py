@@ -1,9 +1,10 @@
-"""Scripts straight to a pooled connection: the hot path skips redis-py's per-command wrapper.
+"""Commands straight to a pooled connection: the hot path skips redis-py's per-command wrapper.
 
 redis-py's ``Redis.execute_command`` wraps every command in a retry loop (the library turns
 retries off), an event dispatch and its own observability bookkeeping. On a save that costs
 15–20 µs, about a tenth of a loopback round trip, for nothing the library uses. So on a
-standalone client a script goes straight to a pooled connection: take it, send, read, give it
+standalone client a script (or a plain command whose reply redis-py would not reshape) goes
+straight to a pooled connection: take it, send, read, give it
 back, with redis-py's own rule that a connection is dropped when a reply may still be in
 flight (an error *reply* was read whole, so it keeps the connection).
 
@@ -14,7 +15,7 @@ redis-py's own path still runs whenever something hooks into it, so nobody's hoo
   patch) or overridden by a subclass;
 - redis-py's own metrics (``redis.observability``) switched on.
 
-Both shells ask :meth:`ScriptPath.pool_for_scripts` once per call: each test is an attribute
+Both shells ask :meth:`ScriptPath.pool_for` once per call: each test is an attribute
 read. The command is packed here too (:func:`pack`): redis-py's packer spends 10–12 µs on a
 save's 14 arguments (an ``isinstance`` chain and a few small joins per argument), this one 4 µs.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sidecar.core.ops import Arg
+from sidecar.core.ops import Arg, Command
 
 try:  # redis-py >= 8 has its own OpenTelemetry metrics; older releases do not
     from redis.observability.providers import get_observability_instance
@@ -59,12 +60,29 @@ class ScriptPath:
             client.connection_pool if isinstance(client, standalone) and not single else None
         )
 
-    def pool_for_scripts(self) -> Any:
-        """The connection pool to send a script on directly, or None for redis-py's path."""
+    def pool_for(self, name: str) -> Any:
+        """The connection pool to send command ``name`` on directly, or None for redis-py's
+        path (also when redis-py would turn the reply into something else: a response
+        callback for ``name``, such as HGETALL's under RESP3)."""
         pool = self.pool
-        if pool is None or type(self._client).execute_command is not self._plain:
+        client = self._client
+        if (
+            pool is None
+            or type(client).execute_command is not self._plain
+            or client.response_callbacks.get(name) is not None
+        ):
             return None
         return pool if _observability_off() else None
+
+
+def packed(command: Command, encoder: Any, *, source: bool = False) -> bytes:
+    """``command`` as RESP: EVALSHA of its script (EVAL with ``source``), or the command."""
+    script, keys = command.script, command.keys
+    if script is None:
+        return pack(command.name.encode(), (), keys, command.args, encoder)
+    if source:
+        return pack(b"EVAL", (script.source, len(keys)), keys, command.args, encoder)
+    return pack(b"EVALSHA", (script.sha, len(keys)), keys, command.args, encoder)
 
 
 def pack(name: bytes, head: Sequence[Arg], keys: Sequence[str], args: Sequence[Arg],

@@ -22,9 +22,8 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from sidecar.core.direct import ScriptPath, pack
-from sidecar.core.ops import Arg, Command
-from sidecar.lua import Script
+from sidecar.core.direct import ScriptPath, packed
+from sidecar.core.ops import Command
 from sidecar.store import key_slot, mapped_error, mapped_errors, shard_name
 from sidecar.sync.replication import run_script_durably
 
@@ -145,20 +144,17 @@ def is_bounded(client: SyncRedisClient) -> bool:
 _PLAIN_EXECUTE = inspect.unwrap(redis.Redis.execute_command)
 
 
-def _run_script(pool: Any, script: Script, keys: tuple[str, ...], args: tuple[Arg, ...]) -> Any:
-    """EVALSHA (EVAL on NOSCRIPT) on a connection of ``pool``, bounded by the call's deadline
-    (:mod:`sidecar.core.direct` says why not through ``execute_command``)."""
+def _run(pool: Any, command: Command) -> Any:
+    """``command`` on a connection of ``pool``, bounded by the call's deadline: EVALSHA of its
+    script (EVAL on NOSCRIPT) or the plain command (:mod:`sidecar.core.direct` says why not
+    through ``execute_command``)."""
     conn = pool.get_connection()
     try:
-        conn.send_packed_command(
-            [pack(b"EVALSHA", (script.sha, len(keys)), keys, args, conn.encoder)]
-        )
+        conn.send_packed_command([packed(command, conn.encoder)])
         try:
             return conn.read_response()
         except rexc.NoScriptError:
-            conn.send_packed_command(
-                [pack(b"EVAL", (script.source, len(keys)), keys, args, conn.encoder)]
-            )
+            conn.send_packed_command([packed(command, conn.encoder, source=True)])
             return conn.read_response()
     except rexc.ResponseError:
         raise  # an error reply, read whole: the connection is aligned
@@ -189,16 +185,16 @@ class SyncStore:
         DEADLINE.at = None if budget_s is None else time.monotonic() + budget_s
         script = command.script
         try:
-            if script is None:
-                return self.client.execute_command(  # type: ignore[no-untyped-call]
-                    command.name, *command.keys, *command.args
-                )
             if command.wait is not None:
                 return run_script_durably(self.client, command, operation)
-            keys = command.keys
-            pool = self._direct.pool_for_scripts()
+            pool = self._direct.pool_for(command.name)
             if pool is not None:
-                return _run_script(pool, script, keys, command.args)
+                return _run(pool, command)
+            keys = command.keys
+            if script is None:
+                return self.client.execute_command(  # type: ignore[no-untyped-call]
+                    command.name, *keys, *command.args
+                )
             try:
                 return self.client.evalsha(script.sha, len(keys), *keys, *command.args)
             except rexc.NoScriptError:
