@@ -27,7 +27,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 ZSTD_HINT = "pip install 'checkpoint-sidecar[zstd]'"
 ENCRYPTION_HINT = "pip install 'checkpoint-sidecar[encryption]'"
-Compression = Literal["none", "zstd"]
+DEFLATE_HINT = "pip install 'checkpoint-sidecar[deflate]'"
+Compression = Literal["none", "zstd", "deflate"]
+CODEC_LEVELS: dict[str, tuple[int, int, int]] = {"zstd": (1, -7, 19), "deflate": (0, 0, 3)}
+"""Per codec: the default level, the lowest and the highest."""
 
 
 def has_module(name: str) -> bool:
@@ -89,16 +92,18 @@ class CheckpointConfig(BaseSettings):
     # --- what sits in Redis (docs/storage.md) ----------------------------------------------
     compression: Compression = Field(
         default_factory=default_compression,
-        description="Section compression: 'zstd' (default with the [zstd] extra) or 'none'.",
+        description="Section compression: 'zstd' (default with the [zstd] extra), 'deflate' "
+        "(ISA-L, the [deflate] extra: the least CPU per save) or 'none'.",
     )
     compression_min_bytes: int = Field(
         512, ge=0, description="Sections smaller than this (serialized) are stored uncompressed."
     )
-    compression_level: int = Field(
-        1, ge=-7, le=19,
-        description="zstd level: 1 (default) is ~2.8x on English text; negative levels are "
-        "zstd's fast modes (-3: ~2x for ~20% less CPU). bench/storage.py measures each level.",
-    )  # fmt: skip
+    compression_level: int | None = Field(
+        None,
+        description="The codec's level; None: its default. zstd: 1 (~2.8x on English text; "
+        "-7..19, negative levels are its fast modes). deflate: 0 (~2.5x for ~40% less CPU "
+        "than zstd 1; 0..3). bench/storage.py measures each.",
+    )
     encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="AES-256-GCM keys '<key-id>:<base64 of 32 bytes>', the first one current "
@@ -148,6 +153,15 @@ class CheckpointConfig(BaseSettings):
     def _check_storage(self) -> Self:
         if self.compression == "zstd" and not has_module("zstandard"):
             raise ValueError(f"compression='zstd' needs the zstandard package: {ZSTD_HINT}")
+        if self.compression == "deflate" and not has_module("isal"):
+            raise ValueError(f"compression='deflate' needs the isal package: {DEFLATE_HINT}")
+        if self.compression_level is not None and self.compression in CODEC_LEVELS:
+            _, low, high = CODEC_LEVELS[self.compression]
+            if not low <= self.compression_level <= high:
+                raise ValueError(
+                    f"compression_level for {self.compression} must be in {low}..{high} "
+                    f"(got {self.compression_level})"
+                )
         if self.encryption_keys and self.encryption_keys_file is not None:
             raise ValueError("set encryption_keys or encryption_keys_file, not both")
         if self.encrypts:

@@ -77,12 +77,14 @@ def test_steps_quick(tmp_path: Path) -> None:
 def test_storage_quick(tmp_path: Path) -> None:
     text, data = run_bench("storage.py", tmp_path)
     assert "Redis bytes per run" in text
-    forms = ("plain", "zstd", "aes-gcm", "zstd+aes-gcm")
+    forms = ("plain", "zstd", "deflate", "aes-gcm", "zstd+aes-gcm", "deflate+aes-gcm")
     for size in ("2 KB", "20 KB"):
         memory = data["memory_bytes_per_run"][size]
         assert set(memory) == set(forms)
         assert memory["zstd"] < memory["plain"]  # real text compresses (exact, not a timing)
+        assert memory["deflate"] < memory["plain"]
         assert set(data["library_p50"][size]) == set(forms)
     for variant in ("min_replicas=0", "min_replicas=1", "min_local_fsync (everysec)"):
         assert data["replicated_saves"][variant]["save_p50_s"] > 0
     assert data["replicated_saves"]["min_replicas=1"]["confirmed_share"] == 1.0
+    assert {"zstd 1", "deflate 0"} <= set(data["codec_levels_20kb"])

@@ -4,6 +4,7 @@ corruption, legacy values. No Redis here (tests/storage/test_sealed_redis.py sto
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 import zstandard
@@ -44,6 +45,54 @@ def test_zstd_compresses_real_text_and_round_trips(report_text: str) -> None:
     assert s.open(stored, AAD) == payload
 
 
+def test_deflate_compresses_real_text_and_the_standard_library_reads_it(
+    report_text: str,
+) -> None:
+    s = sealer(compression="deflate")
+    assert s.level == 0  # ISA-L's fastest, the codec's default
+    payload = payload_of(report_text[:20000])
+    stored = s.seal(payload, AAD)
+    assert describe(stored) == {"format": 1, "codec": "deflate", "encrypted": False, "key_id": None}
+    assert len(payload) / len(stored) > 2.4
+    assert s.open(stored, AAD) == payload
+    assert zlib.decompress(stored[3:], -15) == payload  # raw RFC 1951: no extra needed to read
+    for reader in (sealer(compression="none"), sealer(), sealer(new_key("k1"))):
+        assert reader.open(stored, AAD) == payload  # readers of any configuration open it
+
+
+@pytest.mark.parametrize("level", [1, 3])
+def test_deflate_levels_trade_cpu_for_ratio(report_text: str, level: int) -> None:
+    payload = payload_of(report_text[:20000])
+    fast, slower = (
+        sealer(compression="deflate"),
+        sealer(compression="deflate", compression_level=level),
+    )
+    assert slower.level == level
+    assert len(slower.seal(payload, AAD)) < len(fast.seal(payload, AAD))
+    assert fast.open(slower.seal(payload, AAD), AAD) == payload
+
+
+def test_corrupted_truncated_or_padded_deflate_is_refused(report_text: str) -> None:
+    s = sealer(compression="deflate")
+    stored = s.seal(payload_of(report_text[:5000]), AAD)
+    with pytest.raises(IntegrityError, match="does not decompress"):
+        s.open(stored[: len(stored) // 2], AAD)
+    with pytest.raises(IntegrityError, match="does not decompress"):
+        s.open(stored + b"trailing", AAD)
+    garbage = bytes((MAGIC, 1, 2)) + bytes(range(7, 250))
+    with pytest.raises(IntegrityError, match="does not decompress"):
+        s.open(garbage, AAD)
+
+
+def test_a_deflate_bomb_is_refused() -> None:
+    s = sealer(compression="deflate", max_bytes=1 << 20)
+    packed = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = bytes((MAGIC, 1, 2)) + packed.compress(b"\0" * (64 << 20)) + packed.flush()
+    assert len(bomb) < 128 << 10
+    with pytest.raises(IntegrityError, match="max_section_bytes"):
+        s.open(bomb, AAD)
+
+
 def test_the_level_trades_ratio_for_speed_and_any_reader_opens_it(report_text: str) -> None:
     payload = payload_of(report_text[:20000])
     default, fast = sealer(), sealer(compression_level=-3)
@@ -68,7 +117,7 @@ def test_small_and_incompressible_values_stay_as_they_are() -> None:
 
 
 def test_encrypted_values_hold_no_plaintext_and_round_trip(key1: str, report_text: str) -> None:
-    for compression in ("none", "zstd"):
+    for compression in ("none", "zstd", "deflate"):
         s = sealer(key1, compression=compression)
         for size in (40, 2000, 20000):
             payload = payload_of(report_text[:size])

@@ -24,7 +24,7 @@ def test_defaults() -> None:
     cfg = CheckpointConfig()
     assert cfg.compression == "zstd"  # the extra is installed in the dev environment
     assert cfg.compression_min_bytes == 512
-    assert cfg.compression_level == 1
+    assert cfg.compression_level is None  # each codec's own default (zstd 1, deflate 0)
     assert cfg.encryption_keys == []
     assert cfg.encryption_keys_file is None
     assert cfg.keyring is None
@@ -39,6 +39,13 @@ def test_compression_defaults_to_none_without_the_extra(monkeypatch: pytest.Monk
     assert CheckpointConfig().compression == "none"
     with pytest.raises(ValidationError, match=r"checkpoint-sidecar\[zstd\]"):
         CheckpointConfig(compression="zstd")
+
+
+def test_deflate_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_module, "has_module", lambda name: name != "isal")
+    with pytest.raises(ValidationError, match=r"checkpoint-sidecar\[deflate\]"):
+        CheckpointConfig(compression="deflate")
+    assert CheckpointConfig().compression == "zstd"  # the default does not need it
 
 
 def test_encryption_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch, key1: str) -> None:
@@ -170,6 +177,12 @@ def test_replication_settings() -> None:
     for level in (-8, 20):
         with pytest.raises(ValidationError, match="compression_level"):
             CheckpointConfig(compression_level=level)
+    for level in (-1, 4):
+        with pytest.raises(
+            ValidationError, match=r"compression_level for deflate must be in 0\.\.3"
+        ):
+            CheckpointConfig(compression="deflate", compression_level=level)
+    assert CheckpointConfig(compression="deflate", compression_level=3).compression_level == 3
 
 
 def test_compression_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
