@@ -113,9 +113,10 @@ class Flows:
     def get_tuple(
         self, serde: SerializerProtocol, config: RunnableConfig
     ) -> Flow[CheckpointTuple | None]:
-        thread = core.target(config).thread_id
+        where = core.target(config)
+        thread = where.thread_id
         keys, slot = self._thread(thread)
-        plan = core.plan_get_tuple(keys, config, self.refresh_ms)
+        plan = core.plan_get_tuple(keys, config, self.refresh_ms, where)
         parse = partial(core.parse_get_tuple, serde, thread)
         found: CheckpointTuple | None = yield self.at(slot, "lg_get_tuple", plan, thread, parse)
         return found
@@ -167,9 +168,12 @@ class Flows:
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Flow[RunnableConfig]:
-        thread = core.target(config).thread_id
+        where = core.target(config)
+        thread = where.thread_id
         keys, slot = self._thread(thread)
-        put = core.plan_put(keys, serde, config, checkpoint, metadata, new_versions, self.ttl_ms)
+        put = core.plan_put(
+            keys, serde, config, checkpoint, metadata, new_versions, self.ttl_ms, where
+        )
         run = put.run_id
         if run is not None and not self._run_fresh(thread, run):
             # the run index first: a crash after it leaves an index entry, never a checkpoint
@@ -190,9 +194,12 @@ class Flows:
         task_id: str,
         task_path: str,
     ) -> Flow[None]:
-        thread = core.target(config).thread_id
+        where = core.target(config)
+        thread = where.thread_id
         keys, slot = self._thread(thread)
-        plan = core.plan_put_writes(keys, serde, config, writes, task_id, task_path, self.ttl_ms)
+        plan = core.plan_put_writes(
+            keys, serde, config, writes, task_id, task_path, self.ttl_ms, where
+        )
         op = self.at(slot, "lg_put_writes", plan, thread, core.parse_put_writes)
         self.count_run((yield op))
 

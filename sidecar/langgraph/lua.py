@@ -2,7 +2,8 @@
 
 A thread script receives the thread's keys in the order of
 :class:`~sidecar.langgraph.keys.ThreadKeys` (``KEYS[1]`` idx, ``KEYS[2]`` state,
-``KEYS[3]`` runs), all in one hash slot, so each is atomic on one node, standalone or cluster.
+``KEYS[3]`` runs), all in one hash slot, so each is atomic on one node, standalone or cluster;
+the reads that do not slide the TTL get only the first two (a key fewer to send and check).
 Every thread script that writes ends by setting the TTL of all three keys (sliding on writes):
 no key is ever left without one. Writing scripts carry the ``#!lua`` shebang (refused before they
 run under OOM: never half a checkpoint); reads say ``flags=no-writes``, except the variants that

@@ -39,6 +39,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
+from sidecar.codec import parse as parse_json
 from sidecar.errors import InvalidIdentifier, SerializationError
 from sidecar.langgraph import lua
 from sidecar.langgraph.keys import (
@@ -71,9 +72,9 @@ class Plan(NamedTuple):
     args: tuple[Arg, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a config points: thread, namespace (None = every namespace) and checkpoint id."""
+class Target(NamedTuple):
+    """Where a config points: thread, namespace (None = every namespace) and checkpoint id.
+    (A tuple: built on every call, where a frozen dataclass pays a ``__setattr__`` a field.)"""
 
     thread_id: str
     ns: str | None
@@ -177,9 +178,12 @@ def plan_put(
     metadata: CheckpointMetadata,
     new_versions: ChannelVersions,
     ttl_ms: int,
+    where: Target | None = None,
 ) -> PutPlan:
-    """One checkpoint, the values of the channels that changed, its index entries."""
-    where = target(config)
+    """One checkpoint, the values of the channels that changed, its index entries
+    (``where``: ``target(config)``, when the caller has it already)."""
+    if where is None:
+        where = target(config)
     ns = where.ns or ""
     cid = check_part("checkpoint_id", checkpoint["id"])
     parent = where.checkpoint_id or ""
@@ -233,8 +237,10 @@ def plan_put_writes(
     task_id: str,
     task_path: str,
     ttl_ms: int,
+    where: Target | None = None,
 ) -> Plan:
-    where = target(config)
+    if where is None:
+        where = target(config)
     if where.checkpoint_id is None:
         raise ValueError("put_writes needs config['configurable']['checkpoint_id']")
     head = check_part("task_id", task_id) + US
@@ -259,13 +265,16 @@ def parse_put_writes(reply: Any) -> str | None:
 # --- reads -----------------------------------------------------------------------------------
 
 
-def plan_get_tuple(keys: ThreadKeys, config: RunnableConfig, refresh_ms: int | None) -> Plan:
-    where = target(config)
-    script = lua.GET_TUPLE if refresh_ms is None else lua.GET_TUPLE_REFRESH
-    args: tuple[Arg, ...] = (
-        where.ns or "", where.checkpoint_id or "", "" if refresh_ms is None else refresh_ms,
-    )  # fmt: skip
-    return Plan(script, keys.all, args)
+def plan_get_tuple(
+    keys: ThreadKeys, config: RunnableConfig, refresh_ms: int | None, where: Target | None = None
+) -> Plan:
+    if where is None:
+        where = target(config)
+    if refresh_ms is None:  # the runs key is only touched to slide the TTL: not sent
+        args: tuple[Arg, ...] = (where.ns or "", where.checkpoint_id or "", "")
+        return Plan(lua.GET_TUPLE, (keys.idx, keys.state), args)
+    args = (where.ns or "", where.checkpoint_id or "", refresh_ms)
+    return Plan(lua.GET_TUPLE_REFRESH, keys.all, args)
 
 
 def unpack(packed: bytes) -> list[bytes]:
@@ -318,7 +327,7 @@ def _checkpoint(serde: SerializerProtocol, thread_id: str, packed: bytes) -> Che
     return CheckpointTuple(
         config=thread_config(thread_id, ns, cid),
         checkpoint=checkpoint,
-        metadata=json.loads(md_raw),
+        metadata=parse_json(md_raw),
         parent_config=thread_config(thread_id, ns, parent) if parent else None,
         pending_writes=_pending_writes(serde, entry[3]),
     )
@@ -390,8 +399,9 @@ def plan_list_page(keys: ThreadKeys, request: ListRequest, cursor: str, wanted: 
         wanted, LIST_SCAN_BUDGET, request.filter_json,
         "" if request.refresh_ms is None else request.refresh_ms,
     )  # fmt: skip
-    script = lua.LIST if request.refresh_ms is None else lua.LIST_REFRESH
-    return Plan(script, keys.all, args)
+    if request.refresh_ms is None:  # the runs key is only touched to slide the TTL: not sent
+        return Plan(lua.LIST, (keys.idx, keys.state), args)
+    return Plan(lua.LIST_REFRESH, keys.all, args)
 
 
 def parse_list_page(

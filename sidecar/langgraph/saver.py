@@ -2,8 +2,10 @@
 
 Two thin shells over the same I/O-free flows (:mod:`sidecar.langgraph.flows`): each method
 runs its flow, performing every op it yields through the Checkpointer's one instrumented path
-(``perform``: breaker, span, histogram, budget, with ``lg_*`` operation labels). What a flow
-asks next is :func:`_advance`'s; the shells' loops differ only by ``await``.
+(``perform``: breaker, span, histogram, budget, with ``lg_*`` operation labels). The shells'
+loops (``_run``, ``_run_sync``) differ only by ``await``: each sends the flow the result of
+its last op until the flow returns (a plain ``send`` loop; no step objects, no context
+manager: it runs on every checkpoint).
 
 * With a :class:`sidecar.Checkpointer` (asyncio) the async methods await each step; the sync
   methods run the async ones on the Checkpointer's event loop from another thread
@@ -21,8 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequence
-from contextlib import closing
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -35,31 +36,12 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from sidecar.checkpointer import Checkpointer
-from sidecar.core.ops import Op
 from sidecar.langgraph import plan as core
 from sidecar.langgraph.flows import Flow, Flows
 from sidecar.sync.checkpointer import SyncCheckpointer
 
 T = TypeVar("T")
 Pages = Iterable[Flow[list[CheckpointTuple]]]
-
-
-class _Done(Generic[T]):
-    """A flow's result: it has nothing more to perform."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-
-def _advance(flow: Flow[T], result: Any) -> Op[Any] | _Done[T]:
-    """The flow's next op, given the result of its previous one (None to start), or its
-    result once it returns: the one step both shells' loops take."""
-    try:
-        return flow.send(result)
-    except StopIteration as done:
-        return _Done(done.value)
 
 
 class SidecarSaver(BaseCheckpointSaver[str]):
@@ -108,11 +90,15 @@ class SidecarSaver(BaseCheckpointSaver[str]):
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         perform = self.checkpointer.perform
-        with closing(flow):
-            step = _advance(flow, None)
-            while not isinstance(step, _Done):
-                step = _advance(flow, await perform(step))
-            return step.value
+        send = flow.send
+        try:
+            op = send(None)
+            while True:
+                op = send(await perform(op))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            flow.close()  # a flow left by an error runs its cleanup
 
     async def _stream(self, pages: Pages) -> AsyncIterator[CheckpointTuple]:
         """Each page's tuples, a page at a time (the next page is read when asked for)."""
@@ -179,11 +165,15 @@ class SidecarSaver(BaseCheckpointSaver[str]):
 
     def _run_sync(self, flow: Flow[T]) -> T:
         perform = self.checkpointer.perform
-        with closing(flow):
-            step = _advance(flow, None)
-            while not isinstance(step, _Done):
-                step = _advance(flow, perform(step))
-            return step.value
+        send = flow.send
+        try:
+            op = send(None)
+            while True:
+                op = send(perform(op))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            flow.close()
 
     def _stream_sync(self, pages: Pages) -> Iterator[CheckpointTuple]:
         for page in pages:

@@ -138,3 +138,16 @@ def test_registered_put_flags_only_the_registration() -> None:
     again = str(put.registered().plan.args[0]).split("\x1f")
     assert again == ["", "c2", "p", "1000", "r", "1", "0"]
     assert put.registered().plan.args[1:] == put.plan.args[1:]
+
+
+def test_reads_send_the_runs_key_only_when_they_slide_the_ttl() -> None:
+    keys = thread_keys("p", "t")
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    plain = core.plan_get_tuple(keys, config, None)  # type: ignore[arg-type]
+    sliding = core.plan_get_tuple(keys, config, 5000)  # type: ignore[arg-type]
+    assert plain.keys == (keys.idx, keys.state)
+    assert sliding.keys == keys.all
+    request = core.list_request(config, None, None, 10, None)  # type: ignore[arg-type]
+    assert core.plan_list_page(keys, request, "", 10).keys == (keys.idx, keys.state)
+    request = core.list_request(config, None, None, 10, 5000)  # type: ignore[arg-type]
+    assert core.plan_list_page(keys, request, "", 10).keys == keys.all
