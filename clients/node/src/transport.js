@@ -437,8 +437,9 @@ export class SocketTransport {
    * keep-alive timeout; uvicorn's never cuts a request it has read), so that request was not
    * processed. The one case where it could have been, the server process dying after reading
    * it, is why only idempotent methods are retried (GET, PUT, DELETE: a save writes the same
-   * bytes again, a renew extends again; never POST, the lease acquire, which a replay would
-   * answer lease_held).
+   * bytes again, a renew extends again, a cleanup deletes nothing more; never POST, the lease
+   * acquire, which a replay would answer lease_held). In that same rare case a replayed lease
+   * release would answer lease_lost (the lease is already gone): an error, never a wrong write.
    */
   _failed(ex, err, mayRetry) {
     if (ex.done) return;
