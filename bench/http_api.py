@@ -1,6 +1,7 @@
 """The hop of the HTTP API: the same calls in-process (library) and from Node through the API.
 
-    python bench/http_api.py [--quick] [--iterations N] [--seconds S] [--json PATH]
+    python bench/http_api.py [--quick] [--iterations N] [--seconds S] [--transports LIST]
+                             [--json PATH]
 
 One private Valkey; the sidecar runs as a real ``checkpoint-sidecar serve`` process (the API on
 its own port, default settings: no tracing SDK). In the same run, on the same (user, run) with
@@ -10,7 +11,14 @@ progress, age), first by the library in this process, then by the Node client
 both. The hop is the difference per percentile. Then saves/s from 32 concurrent Node requests.
 For scale, the same Node calls also go to a no-op ASGI app on the same uvicorn + uvloop set-up
 (``--floor-server`` mode of this script): the cost of the HTTP round trip alone on this machine.
-Targets (issue 12): hop ≤ 0.3 ms p50, ≤ 0.4 ms p90, API p99 < 2 ms, ≥ 3,000 saves/s.
+
+The Node client's transports (``--transports``, default ``socket,http``: the lean node:net
+client, the default, and node:http) are measured in the same Node process, alternating call by
+call, the order flipping every call pair, so neither always goes first; each transport's
+figures are also split by position (first or second in its pair), which shows the position
+bias. The first transport listed is the "api" of the JSON; throughput is measured per
+transport. Targets (issue 12): hop ≤ 0.3 ms p50, ≤ 0.4 ms p90, API p99 < 2 ms,
+≥ 3,000 saves/s.
 """
 
 from __future__ import annotations
@@ -134,13 +142,14 @@ def start_floor(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def node_round(
-    node: str, api: str, n: int, content: Any, seconds: float, workdir: Path
-) -> dict[str, Any]:
+    node: str, api: str, n: int, content: Any, seconds: float, workdir: Path,
+    transports: list[str],
+) -> dict[str, Any]:  # fmt: skip
     out = workdir / "node.out"
     with out.open("wb") as sink:
         code = subprocess.run(
             [node, str(ROOT / "bench" / "http_api_node.mjs"), api, USER, RUN, str(n),
-             json.dumps(content), str(seconds), "32"],
+             json.dumps(content), str(seconds), "32", ",".join(transports)],
             stdout=sink, stderr=subprocess.STDOUT, timeout=600, check=False,
         ).returncode  # fmt: skip
     text = out.read_text()
@@ -150,22 +159,40 @@ def node_round(
     return result
 
 
+Samples = dict[str, list[float]]
+
+
+def by_position(result: dict[str, Any], verb: str) -> tuple[list[float], list[float]]:
+    """A transport's samples of one verb, split by position in their pair (first, second)."""
+    us, first = result[f"{verb}_us"], result[f"{verb}_first"]
+    return [t for t, f in zip(us, first, strict=True) if f], [
+        t for t, f in zip(us, first, strict=True) if not f
+    ]
+
+
 async def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=2000, help="calls per round and verb")
     p.add_argument("--rounds", type=int, default=3, help="alternating library / Node rounds")
     p.add_argument("--seconds", type=float, default=5.0, help="throughput phase length")
+    p.add_argument(
+        "--transports",
+        default="socket,http",
+        help="Node client transports, alternated call by call (first: the JSON's 'api')",
+    )
     args = p.parse_args()
     if args.quick:
         args.iterations, args.rounds, args.seconds = 200, 1, 1.0
     node = shutil.which("node")
     if node is None:
         raise SystemExit("node is not on PATH")
+    kinds = args.transports.split(",")
     content = section_content("summary")
-    lib: dict[str, list[float]] = {"save": [], "view": []}
-    floor: dict[str, list[float]] = {"save": [], "view": []}
-    api: dict[str, list[float]] = {"save": [], "view": []}
-    throughput: list[dict[str, Any]] = []
+    lib: Samples = {"save": [], "view": []}
+    # [transport][verb] -> samples; [transport][verb + position] for the position split
+    floor: dict[str, Samples] = {k: {} for k in kinds}
+    api: dict[str, Samples] = {k: {} for k in kinds}
+    throughput: dict[str, dict[str, Any]] = {}
     with bench_server(binary=args.server) as server, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         proc, api_url = start_sidecar(server.url, workdir)
@@ -180,24 +207,21 @@ async def main() -> None:
                 lib["save"] += save
                 lib["view"] += view
                 last = r == args.rounds - 1
-                result = await asyncio.to_thread(
-                    node_round,
-                    node,
-                    api_url,
-                    args.iterations,
-                    content,
-                    args.seconds if last else 0,
-                    workdir,
-                )
-                api["save"] += result["save_us"]
-                api["view"] += result["view_us"]
-                noop = await asyncio.to_thread(
-                    node_round, node, floor_url, args.iterations, content, 0, workdir
-                )
-                floor["save"] += noop["save_us"]
-                floor["view"] += noop["view_us"]
-                if result["throughput"]:
-                    throughput.append(result["throughput"])
+                order = kinds if r % 2 == 0 else kinds[::-1]  # throughput order flips too
+                for url, seconds, sink in ((api_url, args.seconds if last else 0, api),
+                                           (floor_url, 0, floor)):  # fmt: skip
+                    result = await asyncio.to_thread(
+                        node_round, node, url, args.iterations, content, seconds, workdir, order
+                    )
+                    for kind in kinds:
+                        got = result["transports"][kind]
+                        for verb in ("save", "view"):
+                            first, second = by_position(got, verb)
+                            sink[kind].setdefault(verb, []).extend(got[f"{verb}_us"])
+                            sink[kind].setdefault(verb + "_first", []).extend(first)
+                            sink[kind].setdefault(verb + "_second", []).extend(second)
+                        if got["throughput"]:
+                            throughput[kind] = got["throughput"]
         finally:
             await cp.aclose()
             stop_process(proc)
@@ -206,25 +230,55 @@ async def main() -> None:
         "machine": machine(),
         "iterations": args.iterations,
         "rounds": args.rounds,
+        "transports": kinds,
     }
     rows = []
     for verb, label in (("save", "save_section"), ("view", "resume view")):
-        lp, ap, fp = pcts(lib[verb]), pcts(api[verb]), pcts(floor[verb])
-        hop = {k: ap[k] - lp[k] for k in lp}
+        lp = pcts(lib[verb])
+        per: dict[str, Any] = {}
+        for kind in kinds:
+            ap, fp = pcts(api[kind][verb]), pcts(floor[kind][verb])
+            hop = {k: ap[k] - lp[k] for k in lp}
+            per[kind] = {
+                "api": ap,
+                "hop": hop,
+                "http_floor": fp,
+                "hop_first": {k: v - lp[k] for k, v in pcts(api[kind][verb + "_first"]).items()},
+                "hop_second": {k: v - lp[k] for k, v in pcts(api[kind][verb + "_second"]).items()},
+                "n": len(api[kind][verb]),
+            }
+            rows.append(
+                [
+                    f"{label} ({kind})",
+                    *(
+                        f"{lp[k] * 1000:.0f} → {ap[k] * 1000:.0f} µs (+{hop[k] * 1000:.0f})"
+                        for k in lp
+                    ),
+                ]
+            )
+            if len(kinds) > 1:
+                rows.append(
+                    [
+                        "  hop when first / second",
+                        *(
+                            f"+{per[kind]['hop_first'][k] * 1000:.0f} / "
+                            f"+{per[kind]['hop_second'][k] * 1000:.0f} µs"
+                            for k in lp
+                        ),
+                    ]
+                )
+            rows.append(
+                [f"  no-op app, {label} shape ({kind})", *(f"{fp[k] * 1000:.0f} µs" for k in fp)]
+            )
+        main_kind = per[kinds[0]]
         figures[verb] = {
             "library": lp,
-            "api": ap,
-            "hop": hop,
-            "http_floor": fp,
-            "n": len(api[verb]),
+            "api": main_kind["api"],
+            "hop": main_kind["hop"],
+            "http_floor": main_kind["http_floor"],
+            "n": main_kind["n"],
+            "transports": per,
         }
-        rows.append(
-            [
-                label,
-                *(f"{lp[k] * 1000:.0f} → {ap[k] * 1000:.0f} µs (+{hop[k] * 1000:.0f})" for k in lp),
-            ]
-        )
-        rows.append([f"  no-op app, {label} shape", *(f"{fp[k] * 1000:.0f} µs" for k in fp)])
     console.print(
         table(
             "HTTP API hop: library in-process → Node through the API (keep-alive)",
@@ -232,15 +286,17 @@ async def main() -> None:
             rows,
         )
     )
-    tp = throughput[-1] if throughput else None
+    tp = throughput.get(kinds[0])
     figures["throughput"] = tp
-    if tp:
+    figures["throughput_by_transport"] = throughput
+    for kind, got in throughput.items():
         console.print(
-            f"saves/s from 32 concurrent Node requests: {tp['saves_per_s']:.0f} ({tp['errors']} errors, {tp['seconds']:.1f} s)"
+            f"saves/s from 32 concurrent Node requests ({kind}): {got['saves_per_s']:.0f} "
+            f"({got['errors']} errors, {got['seconds']:.1f} s, {got['connections']} connections)"
         )
     s = figures["save"]
     console.print(
-        "targets: hop ≤ 0.3 ms p50 / ≤ 0.4 ms p90, API p99 < 2 ms, ≥ 3,000 saves/s → "
+        f"targets: hop ≤ 0.3 ms p50 / ≤ 0.4 ms p90, API p99 < 2 ms, ≥ 3,000 saves/s → ({kinds[0]}) "
         f"save hop {s['hop']['p50_ms'] * 1000:.0f} / {s['hop']['p90_ms'] * 1000:.0f} µs, "
         f"API p99 {s['api']['p99_ms']:.2f} ms, "
         + (f"{tp['saves_per_s']:.0f} saves/s" if tp else "no throughput phase")

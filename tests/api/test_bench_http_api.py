@@ -36,4 +36,13 @@ def test_http_api_bench_quick(tmp_path: Path) -> None:
         for part in ("library", "api", "hop", "http_floor"):
             assert set(data[verb][part]) == {"p50_ms", "p90_ms", "p99_ms"}
         assert data[verb]["api"]["p50_ms"] > 0 and data[verb]["library"]["p50_ms"] > 0
+        # both Node transports, alternated call by call, each also split by position
+        assert set(data[verb]["transports"]) == {"socket", "http"}
+        for per in data[verb]["transports"].values():
+            assert per["n"] == 200
+            for part in ("api", "hop", "http_floor", "hop_first", "hop_second"):
+                assert set(per[part]) == {"p50_ms", "p90_ms", "p99_ms"}
+        assert data[verb]["api"] == data[verb]["transports"]["socket"]["api"]
     assert data["throughput"]["saves"] > 0
+    for kind in ("socket", "http"):
+        assert data["throughput_by_transport"][kind]["saves"] > 0

@@ -1,5 +1,7 @@
 // Types of checkpoint-sidecar-client (hand-written; the package is plain ESM JavaScript).
 
+import type { ConnectionOptions } from 'node:tls';
+
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
 /** Stable problem codes of the API (branch on these, never on messages). */
@@ -38,10 +40,31 @@ export interface ClientOptions {
   url?: string;
   /** Bearer token (default $CHECKPOINT_SIDECAR_TOKEN) */
   token?: string;
-  /** Per request, default 10000 */
+  /** Per request, from the call to the whole answer, default 10000; then it rejects with
+   *  code ETIMEDOUT and its connection is ended */
   timeoutMs?: number;
-  /** Keep-alive connections kept, default 64 */
+  /** Keep-alive connections at most, default 64; more requests at once wait for one */
   maxSockets?: number;
+  /** 'socket' (default): keep-alive HTTP/1.1 over node:net / node:tls; 'http': node:http(s)
+   *  with a keep-alive agent */
+  transport?: 'socket' | 'http';
+  /** https only: node:tls options (ca, cert, key, ...) */
+  tls?: ConnectionOptions;
+}
+
+/** The connections of a client's transport. */
+export interface TransportStats {
+  /** Open connections (busy, idle or connecting), at most maxSockets */
+  open: number;
+  /** Kept-alive connections waiting for a request */
+  idle: number;
+  /** Requests waiting for a connection */
+  waiting: number;
+}
+
+export interface Transport {
+  readonly kind: 'socket' | 'http';
+  stats(): TransportStats;
 }
 
 export interface Progress {
@@ -105,6 +128,9 @@ export function encodeSegment(id: string): string;
 export class CheckpointClient {
   constructor(options?: ClientOptions);
   readonly url: string;
+  readonly transport: Transport;
+  /** End every connection: requests in flight and later calls reject (code ERR_CLIENT_CLOSED
+   *  with the 'socket' transport). Idle connections never keep the process alive. */
   close(): void;
   saveSection(user: string, run: string, section: string, content: Json,
               lease?: Pick<Lease, 'owner' | 'fencingToken'>): Promise<true>;
@@ -121,5 +147,5 @@ export class CheckpointClient {
   withRun<T>(user: string, run: string, options: RunOptions | undefined,
              fn: (run: ResumableRun) => Promise<T>): Promise<T>;
   request(method: string, path: string,
-          options?: { body?: Json; headers?: Record<string, string> }): Promise<{ status: number; body: Json }>;
+          options?: { body?: Json; headers?: Record<string, string>; retry?: boolean }): Promise<{ status: number; body: Json }>;
 }

@@ -5,11 +5,12 @@
 // produces and saves it (fenced), complete() deletes the run's checkpoints, fail() keeps them
 // for the next attempt. The lease is renewed by an unref'd timer while the run is open.
 //
-// Transport: node:http with a keep-alive agent (fetch cannot reach a Unix socket, and re-parses
-// the URL, turning an id of ".." into a dot segment); ids are percent-encoded path segments.
+// Transport (src/transport.js): by default a lean keep-alive HTTP/1.1 client over node:net
+// (node:tls for https URLs, also to a Unix socket); `transport: 'http'` selects node:http(s)
+// with a keep-alive agent instead. Not fetch: it cannot reach a Unix socket and re-parses the
+// URL, turning an id of ".." into a dot segment. Ids are percent-encoded path segments.
 
-import http from 'node:http';
-import https from 'node:https';
+import { NodeHttpTransport, SocketTransport, checkRequest } from './transport.js';
 
 export const DEFAULT_URL = 'http://127.0.0.1:9465';
 
@@ -43,36 +44,55 @@ export function encodeSegment(id) {
   return encodeURIComponent(id).replace(/[.!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS']);
+const TRANSPORTS = { socket: SocketTransport, http: NodeHttpTransport };
+
 export class CheckpointClient {
   /**
    * @param {object} [options]
    * @param {string} [options.url]  http(s)://host:port or unix:/path/to.sock
    *   (default: $CHECKPOINT_SIDECAR_URL, else http://127.0.0.1:9465)
    * @param {string} [options.token]  bearer token (default: $CHECKPOINT_SIDECAR_TOKEN)
-   * @param {number} [options.timeoutMs]  per request (default 10000)
-   * @param {number} [options.maxSockets]  keep-alive connections kept (default 64)
+   * @param {number} [options.timeoutMs]  per request, from the call to the whole answer (default
+   *   10000); a request that runs out of it rejects with code ETIMEDOUT and its connection ends
+   * @param {number} [options.maxSockets]  keep-alive connections at most (default 64); more
+   *   requests at once wait for one
+   * @param {'socket'|'http'} [options.transport]  'socket' (default): the lean HTTP/1.1 client
+   *   over node:net / node:tls; 'http': node:http(s) with a keep-alive agent
+   * @param {object} [options.tls]  https only: node:tls options (ca, cert, key, ...)
    */
   constructor(options = {}) {
     const url = options.url ?? process.env.CHECKPOINT_SIDECAR_URL ?? DEFAULT_URL;
     this.url = url;
     this.token = options.token ?? process.env.CHECKPOINT_SIDECAR_TOKEN;
     this.timeoutMs = options.timeoutMs ?? 10000;
+    let target;
     if (url.startsWith('unix:')) {
-      this._target = { socketPath: url.slice(5) };
-      this._transport = http;
+      target = { path: url.slice(5) };
+      this._host = 'localhost';
+      this._base = '';
     } else {
       const parsed = new URL(url);
-      this._transport = parsed.protocol === 'https:' ? https : http;
-      this._target = { hostname: parsed.hostname.replace(/^\[|\]$/g, ''), port: parsed.port || (parsed.protocol === 'https:' ? 443 : 80) };
+      if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new TypeError(`the sidecar URL must be http(s): or unix:, got ${url}`);
+      const secure = parsed.protocol === 'https:';
+      target = { host: parsed.hostname.replace(/^\[|\]$/g, ''), port: Number(parsed.port || (secure ? 443 : 80)), secure };
+      this._host = parsed.host; // host[:port] as the URL spells it (IPv6 in brackets)
       this._base = parsed.pathname.replace(/\/$/, '');
     }
-    this._base ??= '';
-    this.agent = new this._transport.Agent({ keepAlive: true, maxSockets: options.maxSockets ?? 64, timeout: 30000 });
+    const auth = this.token ? { authorization: `Bearer ${this.token}` } : {};
+    checkRequest('GET', '/', auth); // a token with CR/LF would inject headers
+    this._auth = this.token ? `authorization: Bearer ${this.token}\r\n` : '';
+    const kind = options.transport ?? 'socket';
+    const Transport = TRANSPORTS[kind];
+    if (Transport === undefined) throw new TypeError(`transport is 'socket' or 'http', got ${JSON.stringify(kind)}`);
+    /** The transport: `kind` ('socket' or 'http') and `stats()` ({open, idle, waiting}). */
+    this.transport = new Transport(target, { maxSockets: options.maxSockets ?? 64, timeoutMs: this.timeoutMs, tls: options.tls });
+    this.agent = this.transport.agent; // the keep-alive agent of the 'http' transport
   }
 
-  /** Close the keep-alive connections (the client is unusable afterwards). */
+  /** End the keep-alive connections (the client is unusable afterwards; requests in flight reject). */
   close() {
-    this.agent.destroy();
+    this.transport.close();
   }
 
   _path(user, run, tail = '') {
@@ -80,52 +100,42 @@ export class CheckpointClient {
   }
 
   /** One request; resolves {status, body (parsed JSON or null)}, rejects with CheckpointError. */
-  request(method, path, { body, headers = {}, retry = true } = {}) {
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const head = { ...headers };
-    if (payload !== undefined) {
-      head['content-type'] = 'application/json';
-      head['content-length'] = payload.length;
+  async request(method, path, { body, headers = {}, retry = true } = {}) {
+    checkRequest(method, path, headers);
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    // a keep-alive connection the server closed while it sat idle: the transport replays the
+    // request once on a new connection, for idempotent methods only (never the lease acquire)
+    const retryable = retry && IDEMPOTENT.has(method);
+    let res;
+    if (this.transport.kind === 'socket') {
+      let head = `${method} ${path} HTTP/1.1\r\nhost: ${this._host}\r\n${this._auth}`;
+      for (const name in headers) head += `${name}: ${headers[name]}\r\n`;
+      if (payload !== undefined) head += `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(payload)}\r\n`;
+      else if (method === 'PUT' || method === 'POST') head += 'content-length: 0\r\n';
+      res = await this.transport.send(method, head, payload, retryable);
+    } else {
+      const head = { ...headers };
+      if (payload !== undefined) {
+        head['content-type'] = 'application/json';
+        head['content-length'] = Buffer.byteLength(payload);
+      }
+      if (this.token) head.authorization = `Bearer ${this.token}`;
+      res = await this.transport.request(method, path, head, payload, retryable);
     }
-    if (this.token) head.authorization = `Bearer ${this.token}`;
-    return new Promise((resolve, reject) => {
-      const req = this._transport.request(
-        { ...this._target, agent: this.agent, method, path, headers: head },
-        (res) => {
-          const chunks = [];
-          res.on('data', (c) => chunks.push(c));
-          res.on('error', reject);
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            let parsed = null;
-            try {
-              parsed = text ? JSON.parse(text) : null;
-            } catch {
-              parsed = { detail: text.slice(0, 200) };
-            }
-            if (res.statusCode >= 400) {
-              const problem = parsed && typeof parsed === 'object' ? parsed : {};
-              const wait = Number(res.headers['retry-after']);
-              const Cls = ERROR_CLASSES[problem.code] ?? CheckpointError;
-              reject(new Cls(problem, res.statusCode, Number.isFinite(wait) ? wait : undefined));
-            } else {
-              resolve({ status: res.statusCode, body: parsed });
-            }
-          });
-        },
-      );
-      req.setTimeout(this.timeoutMs, () => req.destroy(Object.assign(new Error(`no answer within ${this.timeoutMs} ms`), { code: 'ETIMEDOUT' })));
-      req.on('error', (err) => {
-        // a keep-alive connection the server closed while idle: replay once (our verbs are
-        // idempotent, but the lease acquire is a POST: replay only what had not been sent)
-        if (retry && req.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) {
-          resolve(this.request(method, path, { body, headers, retry: false }));
-        } else {
-          reject(err);
-        }
-      });
-      req.end(payload);
-    });
+    const text = res.body.length > 0 ? res.body.toString('utf8') : '';
+    let parsed = null;
+    try {
+      parsed = text ? JSON.parse(text) : null;
+    } catch {
+      parsed = { detail: text.slice(0, 200) };
+    }
+    if (res.status >= 400) {
+      const problem = parsed && typeof parsed === 'object' ? parsed : {};
+      const wait = Number(res.headers['retry-after']);
+      const Cls = ERROR_CLASSES[problem.code] ?? CheckpointError;
+      throw new Cls(problem, res.status, Number.isFinite(wait) ? wait : undefined);
+    }
+    return { status: res.status, body: parsed };
   }
 
   /** Save one section (any JSON value). Resolves true once Redis confirmed it. */

@@ -66,7 +66,7 @@ test('keep-alive: many calls reuse a few connections', async () => {
   await Promise.all(Array.from({ length: 32 }, (_, i) => client.saveSection('u', run, `s${i}`, i)));
   const all = await client.loadAllSections('u', run);
   assert.equal(Object.keys(all).length, 32);
-  const sockets = Object.values(client.agent.freeSockets).flat().length;
+  const sockets = client.transport.stats().idle;
   assert.ok(sockets > 0 && sockets <= 32, `${sockets} free sockets`);
   await client.cleanup('u', run);
 });
