@@ -29,8 +29,8 @@ ZSTD_HINT = "pip install 'checkpoint-sidecar[zstd]'"
 ENCRYPTION_HINT = "pip install 'checkpoint-sidecar[encryption]'"
 DEFLATE_HINT = "pip install 'checkpoint-sidecar[deflate]'"
 Compression = Literal["none", "zstd", "deflate"]
-CODEC_LEVELS: dict[str, tuple[int, int, int]] = {"zstd": (1, -7, 19), "deflate": (0, 0, 3)}
-"""Per codec: the default level, the lowest and the highest."""
+CODEC_LEVELS: dict[str, tuple[int, int]] = {"zstd": (-7, 19), "deflate": (0, 3)}
+"""Per codec: the lowest and the highest level (each codec's default: :mod:`sidecar.seal`)."""
 
 
 def has_module(name: str) -> bool:
@@ -156,7 +156,7 @@ class CheckpointConfig(BaseSettings):
         if self.compression == "deflate" and not has_module("isal"):
             raise ValueError(f"compression='deflate' needs the isal package: {DEFLATE_HINT}")
         if self.compression_level is not None and self.compression in CODEC_LEVELS:
-            _, low, high = CODEC_LEVELS[self.compression]
+            low, high = CODEC_LEVELS[self.compression]
             if not low <= self.compression_level <= high:
                 raise ValueError(
                     f"compression_level for {self.compression} must be in {low}..{high} "

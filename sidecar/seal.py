@@ -36,7 +36,9 @@ import logging
 import os
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.errors import IntegrityError, SerializationError
@@ -127,6 +129,7 @@ class Sealer:
             current = keyring.current.key_id.encode("ascii")
             self._current = (current, self._ciphers[current])
         self._zstd = threading.local()
+        self._deflate: Callable[[bytes], bytes] | None = None
         # associated data matters only to a cipher: without keys, readers skip building it
         self.decrypts = bool(self._ciphers)
         # the identity form: nothing to do on write (the plain path stays as it was)
@@ -245,13 +248,18 @@ class Sealer:
             ) from None
         return body
 
-    # --- zstd ------------------------------------------------------------------------------
+    # --- codecs ----------------------------------------------------------------------------
 
     def _compress(self, payload: bytes) -> bytes:
         if self._codec == CODEC_DEFLATE:
-            from isal import igzip_lib
+            deflate = self._deflate
+            if deflate is None:  # imported once, on the first write (an optional extra)
+                from isal import igzip_lib
 
-            packed: bytes = igzip_lib.compress(payload, self.level, flag=igzip_lib.COMP_DEFLATE)
+                deflate = self._deflate = partial(
+                    igzip_lib.compress, level=self.level, flag=igzip_lib.COMP_DEFLATE
+                )
+            packed: bytes = deflate(payload)
             return packed
         found = getattr(self._zstd, "compressor", None)
         if found is None:

@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 
-from sidecar.core.direct import ScriptPath, packed
+from sidecar.core.direct import DirectPath, packed
 from sidecar.core.durability import Replicated
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
@@ -196,7 +196,7 @@ class Store:
         self.sockets = sockets  # the client's transports, when we built it (closing waits)
         self._discover = isinstance(client, RedisCluster)
         self._discovery = asyncio.Lock()
-        self._direct = ScriptPath(client, aioredis.Redis, _PLAIN_EXECUTE)
+        self._direct = DirectPath(client, aioredis.Redis, _PLAIN_EXECUTE)
 
     def slot(self, key: str) -> int | None:
         return key_slot(self.client, key)

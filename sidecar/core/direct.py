@@ -4,9 +4,9 @@ redis-py's ``Redis.execute_command`` wraps every command in a retry loop (the li
 retries off), an event dispatch and its own observability bookkeeping. On a save that costs
 15–20 µs, about a tenth of a loopback round trip, for nothing the library uses. So on a
 standalone client a script (or a plain command whose reply redis-py would not reshape) goes
-straight to a pooled connection: take it, send, read, give it
-back, with redis-py's own rule that a connection is dropped when a reply may still be in
-flight (an error *reply* was read whole, so it keeps the connection).
+straight to a pooled connection: take it, send, read, give it back, with redis-py's own rule
+that a connection is dropped when a reply may still be in flight (an error *reply* was read
+whole, so it keeps the connection).
 
 redis-py's own path still runs whenever something hooks into it, so nobody's hook is skipped:
 
@@ -15,7 +15,7 @@ redis-py's own path still runs whenever something hooks into it, so nobody's hoo
   patch) or overridden by a subclass;
 - redis-py's own metrics (``redis.observability``) switched on.
 
-Both shells ask :meth:`ScriptPath.pool_for` once per call: each test is an attribute
+Both shells ask :meth:`DirectPath.pool_for` once per call: each test is an attribute
 read. The command is packed here too (:func:`pack`): redis-py's packer spends 10–12 µs on a
 save's 14 arguments (an ``isinstance`` chain and a few small joins per argument), this one 4 µs.
 """
@@ -39,8 +39,8 @@ except ImportError:  # pragma: no cover - redis-py < 8
         return True
 
 
-class ScriptPath:
-    """Whether one client's scripts may skip ``execute_command``, asked per call.
+class DirectPath:
+    """Whether one client's commands may skip ``execute_command``, asked per call.
 
     ``plain_execute`` is the ``execute_command`` of redis-py's standalone client class (sync
     or asyncio); a client whose class attribute is anything else has a hook on it.

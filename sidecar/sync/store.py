@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from sidecar.core.direct import ScriptPath, packed
+from sidecar.core.direct import DirectPath, packed
 from sidecar.core.ops import Command
 from sidecar.store import key_slot, mapped_error, mapped_errors, shard_name
 from sidecar.sync.replication import run_script_durably
@@ -171,7 +171,7 @@ class SyncStore:
     def __init__(self, client: SyncRedisClient) -> None:
         self.client = client
         self._discovery = threading.Lock()
-        self._direct = ScriptPath(client, redis.Redis, _PLAIN_EXECUTE)
+        self._direct = DirectPath(client, redis.Redis, _PLAIN_EXECUTE)
 
     def slot(self, key: str) -> int | None:
         return key_slot(self.client, key)
