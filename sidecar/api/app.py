@@ -9,6 +9,7 @@ the incoming W3C ``traceparent``; the Checkpointer's CLIENT spans are its childr
 from __future__ import annotations
 
 import logging
+import time
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -25,12 +26,13 @@ from sidecar.api.auth import Authorizer
 from sidecar.api.handlers import Api
 from sidecar.api.http import ClientGone, Receive, Request, Response, Scope, Send
 from sidecar.api.problems import PROBLEM_TYPE, Problem, from_error
-from sidecar.api.routes import Handler, resolve
+from sidecar.api.routes import Handler, Router
 from sidecar.checkpointer import Checkpointer
 from sidecar.errors import CheckpointError
 
 log = logging.getLogger("sidecar.api")
 _PROBLEM = PROBLEM_TYPE.encode()
+RECHECK_S = 1.0  # how soon a tracer provider set after start is noticed
 
 
 class ApiApp:
@@ -46,10 +48,13 @@ class ApiApp:
         from sidecar.api.openapi import render
 
         self.api = Api(cp, render())
+        self.router = Router()
         self.authorizer = authorizer or Authorizer(None)
         self.tracer = trace.get_tracer("sidecar.api", tracer_provider=tracer_provider)
         self._provider = tracer_provider
         self._cooldown = cp.config.breaker_cooldown_s
+        self._traced = False
+        self._recheck_at = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -62,7 +67,8 @@ class ApiApp:
         method: str = scope["method"]
         try:
             self.authorizer.check(scope["headers"])
-            route, params = resolve(method, scope.get("raw_path") or scope["path"].encode())
+            path: bytes = scope.get("raw_path") or scope["path"].encode()
+            route, params = self.router.resolve(method, path)
         except Problem as problem:
             await _problem(problem).send(send)
             return
@@ -102,10 +108,18 @@ class ApiApp:
 
     def _tracing(self) -> bool:
         """False while no tracer provider is set (the API's and the library's spans are then
-        non-recording, no exemplar is taken): ~5 us a request saved. Checked per request: a
-        provider set later (globally) is used from then on."""
-        provider = self._provider or trace.get_tracer_provider()
-        return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+        non-recording, no exemplar is taken): ~5 us a request saved. A provider set later
+        (globally) is used from then on: looked up again at most every ``RECHECK_S`` (the
+        lookup itself took ~6 us a request here), and once set it stays (OpenTelemetry's
+        global provider is set once)."""
+        if self._traced:
+            return True
+        now = time.monotonic()
+        if now >= self._recheck_at:
+            provider = self._provider or trace.get_tracer_provider()
+            self._traced = not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+            self._recheck_at = now + RECHECK_S
+        return self._traced
 
     async def _answer(self, handler: Handler, request: Request) -> Response:
         try:

@@ -133,6 +133,8 @@ def _shapes() -> dict[int, tuple[_Shape, ...]]:
 
 
 _BY_LENGTH: Final[dict[int, tuple[_Shape, ...]]] = _shapes()
+ROUTE_CACHE: Final = 4096  # resolved paths kept by a Router (as many as the API's managers)
+MAX_CACHED_PATH: Final = 512  # bytes; longer paths (hostile ones) are resolved every time
 
 
 def resolve(method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
@@ -158,3 +160,27 @@ def resolve(method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
             headers=[(b"allow", ", ".join(allowed).encode())],
         )
     raise Problem("not_found", "no such route; see GET /v1/openapi.json")
+
+
+class Router:
+    """:func:`resolve` with the answers for recent paths kept (an agent's requests repeat its
+    run's few paths; resolving one again cost ~10 us in the API's hop, a lookup ~0.2 us).
+
+    Only paths that resolve are kept (a refused one raises again each time), at most
+    ``ROUTE_CACHE`` of them, each at most ``MAX_CACHED_PATH`` bytes long; the oldest goes
+    first. The params dict is shared by the requests of one path: handlers only read it.
+    """
+
+    def __init__(self) -> None:
+        self._resolved: dict[tuple[str, bytes], tuple[Route, dict[str, str]]] = {}
+
+    def resolve(self, method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
+        key = (method, raw_path)
+        found = self._resolved.get(key)
+        if found is None:
+            found = resolve(method, raw_path)
+            if len(raw_path) <= MAX_CACHED_PATH:
+                if len(self._resolved) >= ROUTE_CACHE:
+                    del self._resolved[next(iter(self._resolved))]
+                self._resolved[key] = found
+        return found
