@@ -116,7 +116,6 @@ class ApiServer:
             raise
         config = uvicorn.Config(
             self.app,
-            http=http_protocol(),
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -282,16 +281,6 @@ class ApiThread:
         if thread is not None:
             await asyncio.to_thread(thread.join, 10.0)
         self._thread = None
-
-
-def http_protocol() -> type[asyncio.Protocol] | str:
-    """uvicorn's httptools protocol writing each response in one piece
-    (:mod:`sidecar.api.protocol`), or uvicorn's choice when httptools is not installed."""
-    try:
-        from sidecar.api.protocol import CoalescingHttpToolsProtocol
-    except ImportError:
-        return "auto"
-    return CoalescingHttpToolsProtocol
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
