@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 
-from sidecar.core.direct import DirectPath, packed
+from sidecar.core.direct import DirectPath, give_back, packed, refresh
 from sidecar.core.durability import Replicated
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
@@ -167,11 +167,18 @@ def server_address(client: Any) -> tuple[str, int]:
 _PLAIN_EXECUTE = inspect.unwrap(aioredis.Redis.execute_command)
 
 
-async def _run(pool: Any, command: Command) -> Any:
+async def _run(pool: Any, command: Command, lean: bool) -> Any:
     """``command`` on a connection of ``pool``: EVALSHA of its script (EVAL on NOSCRIPT) or
-    the plain command (:mod:`sidecar.core.direct` says why not through ``execute_command``).
+    the plain command (:mod:`sidecar.core.direct` says why not through ``execute_command``,
+    and when ``lean`` takes and gives back the connection without the pool's wrappers).
     A cancelled read (the budget) makes redis-py drop the connection, as on its own path."""
-    conn = await pool.get_connection()
+    conn = pool.get_available_connection() if lean else await pool.get_connection()
+    try:
+        await refresh(conn)  # one the server closed while it sat in the pool
+        await conn.connect()  # a new one (nothing to do for a connected one)
+    except BaseException:
+        await pool.release(conn)
+        raise
     try:
         await conn.send_packed_command(packed(command, conn.encoder))
         try:
@@ -185,7 +192,10 @@ async def _run(pool: Any, command: Command) -> Any:
         await conn.disconnect(nowait=True)  # a reply may still be in flight
         raise
     finally:
-        await pool.release(conn)
+        if lean and not conn.should_reconnect():
+            give_back(pool, conn)
+        else:
+            await pool.release(conn)
 
 
 class Store:
@@ -196,7 +206,7 @@ class Store:
         self.sockets = sockets  # the client's transports, when we built it (closing waits)
         self._discover = isinstance(client, RedisCluster)
         self._discovery = asyncio.Lock()
-        self._direct = DirectPath(client, aioredis.Redis, _PLAIN_EXECUTE)
+        self._direct = DirectPath(client, aioredis.Redis, _PLAIN_EXECUTE, aioredis.ConnectionPool)
 
     def slot(self, key: str) -> int | None:
         return key_slot(self.client, key)
@@ -236,7 +246,7 @@ class Store:
                 await self._ready()
             pool = self._direct.pool_for(command.name)
             if pool is not None:
-                return await _run(pool, command)
+                return await _run(pool, command, self._direct.lean)
             if script is None:
                 return await self.client.execute_command(command.name, *keys, *command.args)
             try:

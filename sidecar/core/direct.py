@@ -16,8 +16,20 @@ redis-py's own path still runs whenever something hooks into it, so nobody's hoo
 - redis-py's own metrics (``redis.observability``) switched on.
 
 Both shells ask :meth:`DirectPath.pool_for` once per call: each test is an attribute
-read. The command is packed here too (:func:`pack`): redis-py's packer spends 10–12 µs on a
-save's 14 arguments (an ``isinstance`` chain and a few small joins per argument), this one 4 µs.
+read. The asyncio shell also takes and gives back the connection itself when the pool is
+redis-py's plain ``ConnectionPool`` (:attr:`DirectPath.lean`): ``get_connection`` and
+``release`` add an ``asyncio.Lock``, an event dispatch and metric bookkeeping around two list
+operations, ~10 µs of every call here; what they check that matters (a connection closed by
+the server, a reply left unread) is still checked by ``ensure_connection``.
+
+Either way the asyncio shell checks a connection taken from the pool (:func:`refresh`):
+redis-py 8's asyncio pool ignores the end of the stream on a connection the server closed
+while it sat in the pool when maintenance notifications are ``"auto"`` (its default), so after
+a Redis restart, a ``timeout`` or a ``CLIENT KILL`` every pooled connection failed its next
+call, an outage each. (The sync pool's check raises on a closed socket and reconnects.)
+
+The command is packed here too (:func:`pack`): redis-py's packer spends 10–12 µs on a save's
+14 arguments (an ``isinstance`` chain and a few small joins per argument), this one 4 µs.
 """
 
 from __future__ import annotations
@@ -46,10 +58,14 @@ class DirectPath:
     or asyncio); a client whose class attribute is anything else has a hook on it.
     """
 
-    __slots__ = ("_client", "_plain", "pool")
+    __slots__ = ("_client", "_plain", "lean", "pool")
 
     def __init__(
-        self, client: Any, standalone: type[Any], plain_execute: Callable[..., Any]
+        self,
+        client: Any,
+        standalone: type[Any],
+        plain_execute: Callable[..., Any],
+        plain_pool: type[Any] | None = None,
     ) -> None:
         self._client = client
         self._plain = plain_execute
@@ -59,6 +75,7 @@ class DirectPath:
         self.pool: Any = (
             client.connection_pool if isinstance(client, standalone) and not single else None
         )
+        self.lean = plain_pool is not None and self.pool is not None and lean(self.pool, plain_pool)
 
     def pool_for(self, name: str) -> Any:
         """The connection pool to send command ``name`` on directly, or None for redis-py's
@@ -73,6 +90,46 @@ class DirectPath:
         ):
             return None
         return pool if _observability_off() else None
+
+
+def lean(pool: Any, plain_pool: type[Any]) -> bool:
+    """Whether connections may be taken from ``pool`` with ``get_available_connection`` +
+    ``ensure_connection`` and given back with :func:`give_back`, skipping ``get_connection``
+    and ``release``. Only for redis-py's own class (a subclass such as
+    ``BlockingConnectionPool`` waits and notifies in them), without a credential provider
+    (``release`` re-authenticates connections for a streaming one), and where this redis-py
+    keeps its connections where :func:`give_back` expects them."""
+    return (
+        type(pool) is plain_pool
+        and pool.connection_kwargs.get("credential_provider") is None
+        and isinstance(getattr(pool, "_in_use_connections", None), set)
+        and isinstance(getattr(pool, "_available_connections", None), list)
+    )
+
+
+async def refresh(conn: Any) -> None:
+    """Reconnect ``conn`` if the server closed it while it sat in the pool. Under RESP2 any
+    byte waiting on an idle connection means it is not fit to use either (redis-py's own
+    rule); under RESP3 (redis-py 8's default) a waiting byte may be a push notification that
+    redis-py reads before the next reply, so only the end of the stream counts there. The
+    asyncio parsers answer from their buffers: no system call."""
+    if not conn.is_connected:
+        return
+    if conn.protocol == 3:
+        reader = getattr(conn, "_reader", None)  # redis-py's StreamReader of the connection
+        stale = reader is not None and reader.at_eof()
+    else:
+        stale = await conn.can_read()
+    if stale:
+        await conn.disconnect()
+        await conn.connect()
+
+
+def give_back(pool: Any, conn: Any) -> None:
+    """``pool.release(conn)`` for a :func:`lean` pool whose connection needs nothing more:
+    no await between the two list operations, so no other task sees it half done."""
+    pool._in_use_connections.remove(conn)
+    pool._available_connections.append(conn)
 
 
 def packed(command: Command, encoder: Any, *, source: bool = False) -> bytes:
