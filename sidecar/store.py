@@ -175,7 +175,8 @@ async def _run(pool: Any, command: Command, lean: bool) -> Any:
     conn = pool.get_available_connection() if lean else await pool.get_connection()
     try:
         await refresh(conn)  # one the server closed while it sat in the pool
-        await conn.connect()  # a new one (nothing to do for a connected one)
+        if not conn.is_connected:  # a new one (connect() itself goes through a retry wrapper)
+            await conn.connect()
     except BaseException:
         await pool.release(conn)
         raise
