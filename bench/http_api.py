@@ -75,8 +75,11 @@ async def library_round(cp: Checkpointer, n: int, content: Any) -> tuple[list[fl
     return save, view
 
 
-def start_sidecar(url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_sidecar(
+    url: str, workdir: Path, listen: str = "tcp"
+) -> tuple[subprocess.Popen[bytes], str]:
     out = workdir / "sidecar.out"
+    where = ["--api-port", "0"] if listen == "tcp" else ["--api-socket", str(workdir / "api.sock")]
     env = {
         k: v
         for k, v in os.environ.items()
@@ -85,7 +88,7 @@ def start_sidecar(url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str
     env["PYTHONPATH"] = str(ROOT)
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "serve", "--redis-url", url, "--port", "0", "--api-port", "0"],
+            [sys.executable, "-m", "sidecar", "serve", "--redis-url", url, "--port", "0", *where],
             stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
         )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -100,8 +103,9 @@ def start_sidecar(url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str
     raise SystemExit(f"the sidecar did not start: {out.read_text()[-2000:]}")
 
 
-async def floor_server() -> None:
-    """A no-op ASGI app (204 to everything) on uvicorn + uvloop: the HTTP floor."""
+async def floor_server(socket_path: str | None = None) -> None:
+    """A no-op ASGI app (204 to everything) on uvicorn + uvloop: the HTTP floor (on TCP, or on
+    the Unix socket ``socket_path``)."""
     import socket
 
     import uvicorn
@@ -114,22 +118,30 @@ async def floor_server() -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
+    if socket_path:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(socket_path)
+        where = f"unix:{socket_path}"
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", 0))
+        where = f"http://127.0.0.1:{sock.getsockname()[1]}"
     sock.listen(128)
-    print(f"api http://127.0.0.1:{sock.getsockname()[1]} (floor)", flush=True)
+    print(f"api {where} (floor)", flush=True)
     config = uvicorn.Config(
         app, lifespan="off", log_config=None, access_log=False, proxy_headers=False
     )
     await uvicorn.Server(config).serve(sockets=[sock])
 
 
-def start_floor(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_floor(workdir: Path, listen: str = "tcp") -> tuple[subprocess.Popen[bytes], str]:
     out = workdir / "floor.out"
+    where = [] if listen == "tcp" else [str(workdir / "floor.sock")]
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--floor-server"], stdout=sink, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, cwd=ROOT,
+            [sys.executable, __file__, "--floor-server", *where], stdout=sink,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
         )  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -180,6 +192,12 @@ async def main() -> None:
         default="socket,http",
         help="Node client transports, alternated call by call (first: the JSON's 'api')",
     )
+    p.add_argument(
+        "--listen",
+        choices=("tcp", "unix"),
+        default="tcp",
+        help="the API (and the no-op app) on 127.0.0.1 (default) or on a Unix socket",
+    )
     args = p.parse_args()
     if args.quick:
         args.iterations, args.rounds, args.seconds = 200, 1, 1.0
@@ -195,8 +213,8 @@ async def main() -> None:
     throughput: dict[str, dict[str, Any]] = {}
     with bench_server(binary=args.server) as server, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        proc, api_url = start_sidecar(server.url, workdir)
-        floor_proc, floor_url = start_floor(workdir)
+        proc, api_url = start_sidecar(server.url, workdir, args.listen)
+        floor_proc, floor_url = start_floor(workdir, args.listen)
         cp = Checkpointer.from_url(
             server.url, config=CheckpointConfig(strict=True), registry=CollectorRegistry()
         )
@@ -231,6 +249,7 @@ async def main() -> None:
         "iterations": args.iterations,
         "rounds": args.rounds,
         "transports": kinds,
+        "listen": args.listen,
     }
     rows = []
     for verb, label in (("save", "save_section"), ("view", "resume view")):
@@ -281,7 +300,7 @@ async def main() -> None:
         }
     console.print(
         table(
-            "HTTP API hop: library in-process → Node through the API (keep-alive)",
+            f"HTTP API hop: library in-process → Node through the API (keep-alive, {args.listen})",
             ["call", "p50", "p90", "p99"],
             rows,
         )
@@ -308,6 +327,7 @@ if __name__ == "__main__":
     if "--floor-server" in sys.argv:
         import uvloop
 
-        uvloop.run(floor_server())
+        i = sys.argv.index("--floor-server")
+        uvloop.run(floor_server(sys.argv[i + 1] if len(sys.argv) > i + 1 else None))
     else:
         asyncio.run(main())
