@@ -13,7 +13,9 @@ imported by :func:`configure_tracing`, which applications and the sidecar proces
 
 from __future__ import annotations
 
+import bisect
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from sidecar import names
 
 _VERSION = "0.1.0"
+EXEMPLAR_INTERVAL_S = 1.0  # at most one exemplar per bucket, operation and outcome this often
 SpanAttributes = dict[str, str | int | bool]
 """Attributes of one checkpoint span (built only while the span is recording)."""
 
@@ -45,6 +48,7 @@ class Metrics:
     """The library's metric objects on one registry."""
 
     duration: Histogram
+    duration_buckets: tuple[float, ...]  # its upper bounds, +Inf excluded
     budget_exceeded: Counter
     budget_seconds: Gauge
     section_bytes: Histogram
@@ -71,14 +75,16 @@ def metrics_for(registry: CollectorRegistry | None, budget_seconds: float) -> Me
         found = _per_registry.get(reg)
         if found is not None:
             return found
+        buckets = names.latency_buckets(budget_seconds)
         made = Metrics(
             duration=Histogram(
                 names.OPERATION_DURATION,
                 "Duration of one checkpoint operation, bounded by the overhead budget.",
                 ["operation", "outcome"],
-                buckets=names.latency_buckets(budget_seconds),
+                buckets=buckets,
                 registry=reg,
             ),
+            duration_buckets=buckets,
             budget_exceeded=Counter(
                 _counter_name(names.BUDGET_EXCEEDED),
                 "Checkpoint operations that took longer than the overhead budget.",
@@ -162,6 +168,8 @@ class Instrumentation:
         self._bytes: dict[str, Any] = {}
         self._stored: dict[str, Any] = {}
         self._described: dict[tuple[str, str], SpanAttributes] = {}
+        self._buckets = self.metrics.duration_buckets
+        self._exemplar_at: dict[tuple[str, str, int], float] = {}
 
     def circuit_changed(self, is_open: bool) -> None:
         """One breaker on this registry opened or closed; the gauge says whether any is open."""
@@ -200,6 +208,22 @@ class Instrumentation:
             attrs["checkpoint.run_id"] = ids[1]
         return attrs
 
+    def _exemplar_due(self, operation: str, outcome: str, duration: float) -> bool:
+        """Whether this observation carries its trace id as an exemplar: the first in its
+        bucket (of its operation and outcome) for ``EXEMPLAR_INTERVAL_S``.
+
+        prometheus_client keeps only the latest exemplar of each bucket and Prometheus reads
+        it at most once a scrape, so exemplars attached more often were overwritten unseen;
+        attaching one cost ~25 us of a call whose caches were cold (format, validation, the
+        Exemplar). Every bucket that is observed still gets one: a slow outlier alone in its
+        bucket always does, which is what the heatmap's exemplars are for."""
+        key = (operation, outcome, bisect.bisect_left(self._buckets, duration))
+        now = time.monotonic()
+        if now - self._exemplar_at.get(key, -EXEMPLAR_INTERVAL_S) < EXEMPLAR_INTERVAL_S:
+            return False
+        self._exemplar_at[key] = now
+        return True
+
     def finish(
         self,
         span: Span,
@@ -227,7 +251,7 @@ class Instrumentation:
                 span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             ctx = span.get_span_context()
-            if ctx.trace_flags.sampled:
+            if ctx.trace_flags.sampled and self._exemplar_due(operation, outcome, duration):
                 exemplar = {"trace_id": format(ctx.trace_id, "032x")}
         span.end()
         key = (operation, outcome)

@@ -170,6 +170,50 @@ async def test_exemplars_in_openmetrics(cp: Checkpointer, registry: CollectorReg
     assert int(trace_id, 16) != 0
 
 
+def _exemplars(registry: CollectorRegistry, outcome: str = "ok") -> dict[str, str]:
+    """{le: trace_id} of the save_section duration buckets of ``outcome`` that carry one."""
+    found = {}
+    for line in generate_openmetrics(registry).decode().splitlines():
+        if (
+            line.startswith("checkpoint_operation_duration_seconds_bucket")
+            and 'operation="save_section"' in line
+            and f'outcome="{outcome}"' in line
+            and "# {" in line
+        ):
+            le = line.split('le="')[1].split('"')[0]
+            found[le] = line.split('trace_id="')[1].split('"')[0]
+    return found
+
+
+async def test_each_bucket_takes_an_exemplar_at_most_once_a_second(
+    monkeypatch: pytest.MonkeyPatch, cp: Checkpointer, registry: CollectorRegistry
+) -> None:
+    """prometheus_client keeps the latest exemplar of a bucket only: more than one a second per
+    bucket was overwritten unseen. A bucket seen for the first time always gets one."""
+    from sidecar import telemetry
+
+    now = [5000.0]
+    monkeypatch.setattr(telemetry.time, "monotonic", lambda: now[0])
+    tele = cp.telemetry
+
+    def observe(seconds: float, outcome: str = "ok") -> str:
+        span = tele.start_span("save_section")
+        tele.finish(span, "save_section", outcome, seconds, None, None)
+        return format(span.get_span_context().trace_id, "032x")
+
+    first = observe(0.00001)
+    assert _exemplars(registry) == {"0.0001": first}
+    observe(0.00002)  # same bucket, same second: not attached
+    assert _exemplars(registry) == {"0.0001": first}
+    slow = observe(0.2)  # a bucket of its own: attached at once
+    assert _exemplars(registry) == {"0.0001": first, "0.25": slow}
+    failed = observe(0.00002, "error")  # another outcome is another series
+    assert _exemplars(registry, "error") == {"0.0001": failed}
+    now[0] += telemetry.EXEMPLAR_INTERVAL_S
+    later = observe(0.00003)  # a second later: the bucket takes the newest trace
+    assert _exemplars(registry) == {"0.0001": later, "0.25": slow}
+
+
 async def test_no_exemplar_without_a_sampled_span(redis_client: aioredis.Redis) -> None:
     registry = CollectorRegistry()
     # no tracer provider configured: the global no-op one records nothing
