@@ -1,7 +1,7 @@
 """The hop of the HTTP API: the same calls in-process (library) and from Node through the API.
 
     python bench/http_api.py [--quick] [--iterations N] [--seconds S] [--transports LIST]
-                             [--json PATH]
+                             [--listen tcp|unix] [--json PATH]
 
 One private Valkey; the sidecar runs as a real ``checkpoint-sidecar serve`` process (the API on
 its own port, default settings: no tracing SDK). In the same run, on the same (user, run) with
@@ -17,7 +17,8 @@ client, the default, and node:http) are measured in the same Node process, alter
 call, the order flipping every call pair, so neither always goes first; each transport's
 figures are also split by position (first or second in its pair), which shows the position
 bias. The first transport listed is the "api" of the JSON; throughput is measured per
-transport. Targets (issue 12): hop ≤ 0.3 ms p50, ≤ 0.4 ms p90, API p99 < 2 ms,
+transport. ``--listen unix`` serves the API and the no-op app on Unix sockets instead of
+127.0.0.1. Targets (issue 12): hop ≤ 0.3 ms p50, ≤ 0.4 ms p90, API p99 < 2 ms,
 ≥ 3,000 saves/s.
 """
 
