@@ -20,7 +20,7 @@ read. The asyncio shell also takes and gives back the connection itself when the
 redis-py's plain ``ConnectionPool`` (:attr:`DirectPath.lean`): ``get_connection`` and
 ``release`` add an ``asyncio.Lock``, an event dispatch and metric bookkeeping around two list
 operations, ~10 µs of every call here; what they check that matters (a connection closed by
-the server, a reply left unread) is still checked by ``ensure_connection``.
+the server, a reply left unread) is checked by :func:`refresh` instead.
 
 Either way the asyncio shell checks a connection taken from the pool (:func:`refresh`):
 redis-py 8's asyncio pool ignores the end of the stream on a connection the server closed
@@ -93,9 +93,9 @@ class DirectPath:
 
 
 def lean(pool: Any, plain_pool: type[Any]) -> bool:
-    """Whether connections may be taken from ``pool`` with ``get_available_connection`` +
-    ``ensure_connection`` and given back with :func:`give_back`, skipping ``get_connection``
-    and ``release``. Only for redis-py's own class (a subclass such as
+    """Whether connections may be taken from ``pool`` with ``get_available_connection`` (then
+    :func:`refresh`, and ``connect`` if need be) and given back with :func:`give_back`, skipping
+    ``get_connection`` and ``release``. Only for redis-py's own class (a subclass such as
     ``BlockingConnectionPool`` waits and notifies in them), without a credential provider
     (``release`` re-authenticates connections for a streaming one), and where this redis-py
     keeps its connections where :func:`give_back` expects them."""
