@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 
-from sidecar.core.direct import DirectPath, give_back, packed, refresh
+from sidecar.core.direct import DirectPath, drop_closed, give_back, packed, refresh
 from sidecar.core.durability import Replicated
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
@@ -205,7 +205,7 @@ class Store:
     def __init__(self, client: RedisClient, sockets: OwnedSockets | None = None) -> None:
         self.client = client
         self.sockets = sockets  # the client's transports, when we built it (closing waits)
-        self._discover = isinstance(client, RedisCluster)
+        self._cluster = self._discover = isinstance(client, RedisCluster)
         self._discovery = asyncio.Lock()
         self._direct = DirectPath(client, aioredis.Redis, _PLAIN_EXECUTE, aioredis.ConnectionPool)
 
@@ -243,8 +243,11 @@ class Store:
         # ~1 us a call), and the cluster discovery check before any await
         keys = command.keys
         try:
-            if self._discover:
-                await self._ready()
+            if self._cluster:
+                if self._discover:
+                    await self._ready()
+                if keys:
+                    await drop_closed(self.client, keys[0])
             pool = self._direct.pool_for(command.name)
             if pool is not None:
                 return await _run(pool, command, self._direct.lean)

@@ -238,3 +238,26 @@ def test_distinct_pairs_never_see_each_others_data_across_slots(
                 await mgr.cleanup()
 
     asyncio.run(scenario())
+
+
+async def test_connections_a_node_closed_are_reopened_not_failed(
+    redis_cluster: LocalCluster,
+) -> None:
+    """A cluster node hands out its free connections unchecked and the library runs without
+    redis-py's retries: before the fix, the first call after a node closed its idle
+    connections (restart, idle timeout, CLIENT KILL) failed (strict mode raises)."""
+    cfg = CheckpointConfig(budget_ms=1000, strict=True)
+    async with Checkpointer.from_url(
+        redis_cluster.url, config=cfg, registry=CollectorRegistry()
+    ) as cp:
+        mgr = cp.manager(RunContext(user_id="reopened", run_id="run-1"))
+        assert await mgr.save_section("summary", {"n": 1}) is True
+        for _ in range(2):
+            killed = 0
+            for node in cp.store.client.get_nodes():
+                for conn in list(node._free):
+                    host, port = conn._writer.get_extra_info("sockname")[:2]
+                    killed += command(node.port, "CLIENT", "KILL", "ADDR", f"{host}:{port}") == 1
+            assert killed >= 1
+            await asyncio.sleep(0.1)  # the closes reach this loop
+            assert await mgr.load_all_sections() == {"summary": {"n": 1}}
