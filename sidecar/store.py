@@ -175,8 +175,8 @@ async def _run(pool: Any, command: Command, lean: bool) -> Any:
     conn = pool.get_available_connection() if lean else await pool.get_connection()
     try:
         await refresh(conn)  # one the server closed while it sat in the pool
-        if not conn.is_connected:  # a new one (connect() itself goes through a retry wrapper)
-            await conn.connect()
+        if not conn.is_connected:  # new, or just refreshed (connect() always goes through a
+            await conn.connect()  # retry wrapper, even with nothing to do)
     except BaseException:
         await pool.release(conn)
         raise

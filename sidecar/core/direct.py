@@ -110,11 +110,12 @@ def lean(pool: Any, plain_pool: type[Any]) -> bool:
 
 
 async def refresh(conn: Any) -> None:
-    """Reconnect ``conn`` if the server closed it while it sat in the pool. Under RESP2 any
-    byte waiting on an idle connection means it is not fit to use either (redis-py's own
-    rule); under RESP3 (redis-py 8's default) a waiting byte may be a push notification that
-    redis-py reads before the next reply, so only the end of the stream counts there. The
-    asyncio parsers answer from their buffers: no system call."""
+    """Disconnect ``conn`` if the server closed it while it sat idle, so that it is opened
+    again before use (by the caller, or by redis-py's next send). Under RESP2 any byte
+    waiting on an idle connection means it is not fit to use either (redis-py's own rule);
+    under RESP3 (redis-py 8's default) a waiting byte may be a push notification that redis-py
+    reads before the next reply, so only the end of the stream counts there. The asyncio
+    parsers answer from their buffers: no system call."""
     if not conn.is_connected:
         return
     if conn.protocol == 3:
@@ -124,22 +125,19 @@ async def refresh(conn: Any) -> None:
         stale = await conn.can_read()
     if stale:
         await conn.disconnect()
-        await conn.connect()
 
 
 async def drop_closed(cluster: Any, key: str) -> None:
-    """On a cluster client, close the idle connections to ``key``'s primary that the server
-    closed, so redis-py opens them again for the call instead of failing it: its cluster
-    nodes hand out a free connection unchecked, and the library runs them without retries.
-    Reads redis-py's node table and free list; without them (another redis-py), nothing."""
+    """On a cluster client, :func:`refresh` the idle connections to ``key``'s primary, so
+    redis-py opens a closed one again for the call instead of failing it: its cluster nodes
+    hand out a free connection unchecked, and the library runs them without retries. Reads
+    redis-py's node table and free list; without them (another redis-py), nothing."""
     try:
         node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
     except Exception:  # no node known for the slot yet: redis-py will say so itself
         return
     for conn in tuple(getattr(node, "_free", ())):
-        reader = getattr(conn, "_reader", None)
-        if reader is not None and reader.at_eof():
-            await conn.disconnect()  # reconnected by its next send_packed_command
+        await refresh(conn)  # reconnected by its next send_packed_command
 
 
 def give_back(pool: Any, conn: Any) -> None:
