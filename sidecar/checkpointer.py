@@ -118,7 +118,9 @@ class Checkpointer(CheckpointerBase[CheckpointManager, ResumableRun]):
         if call.error is None:
             with call:
                 async with asyncio.timeout(self._budget):
-                    call.reply(await self.store.send(op.operation, op.command, self._budget))
+                    call.reply(
+                        await self.store.send(op.operation, op.command, self._budget, call.sent)
+                    )
         return call.result, call.error
 
     async def perform(self, op: Op[T]) -> T:

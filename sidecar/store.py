@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
@@ -22,7 +22,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 
-from sidecar.core.direct import DirectPath, drop_closed, give_back, packed, refresh
+from sidecar.core.direct import (
+    DirectPath,
+    drop_closed,
+    give_back,
+    packed,
+    refresh,
+    unobserved,
+)
 from sidecar.core.durability import Replicated
 from sidecar.core.ops import Command
 from sidecar.errors import CheckpointRefused, CheckpointTimeout, CheckpointUnavailable
@@ -167,11 +174,12 @@ def server_address(client: Any) -> tuple[str, int]:
 _PLAIN_EXECUTE = inspect.unwrap(aioredis.Redis.execute_command)
 
 
-async def _run(pool: Any, command: Command, lean: bool) -> Any:
+async def _run(pool: Any, command: Command, lean: bool, sent: Callable[[], None]) -> Any:
     """``command`` on a connection of ``pool``: EVALSHA of its script (EVAL on NOSCRIPT) or
     the plain command (:mod:`sidecar.core.direct` says why not through ``execute_command``,
-    and when ``lean`` takes and gives back the connection without the pool's wrappers).
-    A cancelled read (the budget) makes redis-py drop the connection, as on its own path."""
+    and when ``lean`` takes and gives back the connection without the pool's wrappers);
+    ``sent()`` once it is written, before the reply is awaited. A cancelled read (the budget)
+    makes redis-py drop the connection, as on its own path."""
     conn = pool.get_available_connection() if lean else await pool.get_connection()
     try:
         await refresh(conn)  # one the server closed while it sat in the pool
@@ -182,6 +190,7 @@ async def _run(pool: Any, command: Command, lean: bool) -> Any:
         raise
     try:
         await conn.send_packed_command(packed(command, conn.encoder))
+        sent()  # Redis works on the command meanwhile
         try:
             return await conn.read_response()
         except rexc.NoScriptError:
@@ -231,12 +240,21 @@ class Store:
                     await self.client.initialize()
                     self._discover = False
 
-    async def send(self, operation: str, command: Command, budget_s: float = 0.0) -> Any:
+    async def send(
+        self,
+        operation: str,
+        command: Command,
+        budget_s: float = 0.0,
+        sent: Callable[[], None] = unobserved,
+    ) -> Any:
         """Send one command (an op's): EVALSHA of its script, or the plain command. With
         ``command.wait``, WAIT / WAITAOF follow in the same round trip, answered within
-        ``budget_s`` from now (:mod:`sidecar.replication`)."""
+        ``budget_s`` from now (:mod:`sidecar.replication`). ``sent()`` is called once: when
+        the command is written on the direct path, else just before redis-py sends it
+        (:class:`sidecar.core.calls.Call` builds its span then)."""
         script = command.script
         if command.wait is not None:
+            sent()
             deadline = asyncio.get_running_loop().time() + budget_s
             return await self.run_script_durably(command, deadline)
         # the hot path of every save and load: a plain try/except (a context manager costs
@@ -250,7 +268,8 @@ class Store:
                     await drop_closed(self.client, keys[0])
             pool = self._direct.pool_for(command.name)
             if pool is not None:
-                return await _run(pool, command, self._direct.lean)
+                return await _run(pool, command, self._direct.lean, sent)
+            sent()
             if script is None:
                 return await self.client.execute_command(command.name, *keys, *command.args)
             try:

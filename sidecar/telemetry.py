@@ -178,8 +178,18 @@ class Instrumentation:
             circuits.count = max(0, circuits.count + (1 if is_open else -1))
             self.metrics.circuit_open.set(1 if circuits.count else 0)
 
-    def start_span(self, operation: str) -> Span:
-        return self.tracer.start_span(names.SPAN_PREFIX + operation, kind=SpanKind.CLIENT)
+    def start_span(
+        self,
+        operation: str,
+        start_ns: int | None = None,
+        attributes: SpanAttributes | None = None,
+    ) -> Span:
+        return self.tracer.start_span(
+            names.SPAN_PREFIX + operation,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=start_ns,
+        )
 
     def describe(
         self,
@@ -188,9 +198,8 @@ class Instrumentation:
         section: str | None,
         ids: tuple[str, str],
     ) -> SpanAttributes:
-        """The span's request attributes, for :meth:`finish` (build them only when the span
-        is recording). They go on the span with the outcome in one ``set_attributes`` call:
-        the SDK validates and locks per call, and this path runs on every checkpoint."""
+        """A call's request attributes, for :meth:`start_span` (a copy of a dict built once
+        per operation: a tracer may keep what it is given). :meth:`finish` adds the outcome."""
         base = self._described.get((operation, db_operation))
         if base is None:
             base = self._described[(operation, db_operation)] = {
@@ -200,7 +209,7 @@ class Instrumentation:
                 "server.port": self.server_port,
                 "checkpoint.operation": operation,
             }
-        attrs = base.copy()  # finish() adds the outcome to it
+        attrs = base.copy()
         if section is not None:
             attrs["checkpoint.section"] = section
         if self.trace_identifiers:
@@ -235,9 +244,10 @@ class Instrumentation:
         attrs: SpanAttributes | None = None,
         stored: int | None = None,
     ) -> bool:
-        """Record the outcome on the span (with ``attrs``, the request attributes) and in the
-        metrics, and end the span; True when over budget. ``nbytes``: the sections' serialized
-        size; ``stored``: their size in Redis (both observed only when the call succeeded)."""
+        """Record the outcome on the span (with ``attrs``, any attributes it lacks yet) and in
+        the metrics, and end the span; True when over budget. ``nbytes``: the sections'
+        serialized size; ``stored``: their size in Redis (both observed only when the call
+        succeeded)."""
         exceeded = duration > self.budget_seconds
         exemplar = None
         if span.is_recording():

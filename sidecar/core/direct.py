@@ -53,6 +53,10 @@ except ImportError:  # pragma: no cover - redis-py < 8
         return True
 
 
+def unobserved() -> None:
+    """The default ``sent`` callback of the stores' ``send``: nobody waits for the write."""
+
+
 class DirectPath:
     """Whether one client's commands may skip ``execute_command``, asked per call.
 

@@ -100,7 +100,7 @@ class SyncCheckpointer(CheckpointerBase[SyncCheckpointManager, SyncResumableRun]
         call = self.calls.begin_op(op)
         if call.error is None:
             with call:
-                call.reply(self.store.send(op.operation, op.command, self._budget))
+                call.reply(self.store.send(op.operation, op.command, self._budget, call.sent))
         return call.result, call.error
 
     def perform(self, op: Op[T]) -> T:

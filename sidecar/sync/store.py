@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import redis
@@ -22,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from sidecar.core.direct import DirectPath, packed
+from sidecar.core.direct import DirectPath, packed, unobserved
 from sidecar.core.ops import Command
 from sidecar.store import key_slot, mapped_error, mapped_errors, shard_name
 from sidecar.sync.replication import run_script_durably
@@ -144,13 +145,14 @@ def is_bounded(client: SyncRedisClient) -> bool:
 _PLAIN_EXECUTE = inspect.unwrap(redis.Redis.execute_command)
 
 
-def _run(pool: Any, command: Command) -> Any:
+def _run(pool: Any, command: Command, sent: Callable[[], None]) -> Any:
     """``command`` on a connection of ``pool``, bounded by the call's deadline: EVALSHA of its
     script (EVAL on NOSCRIPT) or the plain command (:mod:`sidecar.core.direct` says why not
-    through ``execute_command``)."""
+    through ``execute_command``); ``sent()`` once it is written, before the reply is read."""
     conn = pool.get_connection()
     try:
         conn.send_packed_command([packed(command, conn.encoder)])
+        sent()  # Redis works on the command meanwhile
         try:
             return conn.read_response()
         except rexc.NoScriptError:
@@ -179,17 +181,26 @@ class SyncStore:
     def shard(self, slot: int) -> str:
         return shard_name(self.client, slot)
 
-    def send(self, operation: str, command: Command, budget_s: float | None) -> Any:
+    def send(
+        self,
+        operation: str,
+        command: Command,
+        budget_s: float | None,
+        sent: Callable[[], None] = unobserved,
+    ) -> Any:
         """Send one command within ``budget_s`` seconds (None: no deadline): EVALSHA of its
-        script (EVAL on NOSCRIPT), or the plain command."""
+        script (EVAL on NOSCRIPT), or the plain command. ``sent()`` is called once: when the
+        command is written on the direct path, else just before redis-py sends it."""
         DEADLINE.at = None if budget_s is None else time.monotonic() + budget_s
         script = command.script
         try:
             if command.wait is not None:
+                sent()
                 return run_script_durably(self.client, command, operation)
             pool = self._direct.pool_for(command.name)
             if pool is not None:
-                return _run(pool, command)
+                return _run(pool, command, sent)
+            sent()
             keys = command.keys
             if script is None:
                 return self.client.execute_command(  # type: ignore[no-untyped-call]
