@@ -91,6 +91,17 @@ class ApiApp:
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
             response = await self._answer(route.handler, request)
+        except ClientGone:
+            span.set_status(Status(StatusCode.ERROR, "client disconnected"))
+            span.end()
+            return
+        finally:
+            otel_context.detach(token)
+        # The answer first, then the span's attributes and end (~20-30 µs of SDK work): the
+        # client reads the response meanwhile, and the span covers the write as it should.
+        try:
+            await response.send(send)
+        finally:
             if span.is_recording():
                 span.set_attributes({
                     "http.request.method": method, "http.route": route.template,
@@ -98,13 +109,7 @@ class ApiApp:
                 })  # fmt: skip
                 if response.status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
-        except ClientGone:
-            span.set_status(Status(StatusCode.ERROR, "client disconnected"))
-            return
-        finally:
-            otel_context.detach(token)
             span.end()
-        await response.send(send)
 
     def _tracing(self) -> bool:
         """False while no tracer provider is set (the API's and the library's spans are then

@@ -3,9 +3,14 @@ the route template, and the Checkpointer's CLIENT span under it."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+
+from sidecar.api import ApiServer
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -44,3 +49,34 @@ async def test_without_traceparent_a_new_trace_starts(
     server = spans["GET /v1/runs/{user}/{run}/sections/{section}"]
     assert server.parent is None
     assert spans["checkpoint.load_section"].parent.span_id == server.context.span_id  # type: ignore[union-attr]
+
+
+async def test_the_server_span_ends_after_the_response_is_written(
+    api_server: ApiServer, span_exporter: InMemorySpanExporter
+) -> None:
+    """The span's bookkeeping runs while the client reads the answer, and covers the write."""
+    span_exporter.clear()
+    route = "GET /v1/runs/{user}/{run}/sections/{section}"
+    seen_at_write: list[bool] = []
+    written_at: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            names = [s.name for s in span_exporter.get_finished_spans()]
+            seen_at_write.append(route in names)
+            written_at.append(time.time_ns())
+
+    path = "/v1/runs/u/r/sections/s"
+    scope = {
+        "type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+        "query_string": b"", "headers": [], "client": ("127.0.0.1", 1),
+    }  # fmt: skip
+    await api_server.app(scope, receive, send)
+    assert seen_at_write == [False]  # not ended when the body went out
+    spans = {s.name: s for s in span_exporter.get_finished_spans()}
+    server = spans[route]
+    assert server.end_time is not None and server.end_time >= written_at[0]
+    assert (server.attributes or {})["http.response.status_code"] == 404
