@@ -13,7 +13,9 @@ The savers run side by side, call by call, in an order shuffled every round (so 
 shared machine, and the aftermath of one saver's long call, hit all alike). For threads of 10, 100 and 1,000 checkpoints, each saver:
   * put and put_writes: timed over the second half of each thread's fill (enough threads of
     that length to give the same number of samples at every size);
-  * get_tuple (latest) and list(limit=10): timed on a thread of exactly that length;
+  * get_tuple (latest) and list(limit=10): timed on a thread of exactly that length, in one
+    read phase after every fill where the lengths and savers are interleaved call by call (so
+    10 and 1,000 are compared under the same machine and server state);
   * Redis bytes per checkpoint: MEMORY USAGE summed over the keys the saver wrote, divided by
     the checkpoints, each saver alone on the server (SidecarSaver's keys come from
     ``saver.thread_keys``; the competitors' from SCAN of this private server);
@@ -183,10 +185,12 @@ def rotated(names: Sequence[str], i: int) -> list[str]:
     return order
 
 
-async def bench_size(
-    savers: dict[str, Any], size: int, samples: int, reads: int
-) -> dict[str, dict[str, Any]]:
-    """Timings at one thread length, the savers interleaved call by call."""
+async def fill_size(
+    savers: dict[str, Any], size: int, samples: int
+) -> tuple[dict[str, dict[str, list[float]]], int, dict[str, dict[str, Any]]]:
+    """Fill threads of ``size`` checkpoints, the savers interleaved call by call: put and
+    put_writes timings (second half of each fill), the threads used, and each saver's first
+    thread (its config for reading the latest checkpoint)."""
     names = list(savers)
     threads = max(1, -(-samples // max(1, size // 2)))
     timings: dict[str, dict[str, list[float]]] = {n: {op: [] for op in OPS} for n in names}
@@ -201,23 +205,60 @@ async def bench_size(
                     timings[n]["put_writes"].append(took_w)
         if t == 0:
             first = {n: fills[n].latest() for n in names}
+    return timings, threads, first
+
+
+async def read_sizes(
+    savers: dict[str, Any],
+    firsts: dict[int, dict[str, dict[str, Any]]],
+    timings: dict[int, dict[str, dict[str, list[float]]]],
+    reads: int,
+) -> None:
+    """get_tuple and list(limit=10) on a thread of each length, every length and saver
+    interleaved call by call in one phase (shuffled every round): what differs between the
+    lengths is the thread's history, not the machine's state at the time each was read."""
+    names = list(savers)
+    sizes = list(firsts)
     for r in range(reads):
-        for n in rotated(names, r):
-            saver, latest = savers[n], first[n]
-            timings[n]["get_tuple"].append(
-                await timed(lambda s=saver, c=latest: s.aget_tuple(c))  # type: ignore[misc]
-            )
-            timings[n]["list"].append(
-                await timed(lambda s=saver, c=latest: _drain(s.alist(c, limit=10)))  # type: ignore[misc]
-            )
-    for n in names:  # every saver answered right (figures of a wrong answer mean nothing)
-        got = await savers[n].aget_tuple(first[n])
-        listed = await _drain(savers[n].alist(first[n], limit=10))
-        if got is None or got.checkpoint["channel_values"]["step"] != size - 1:
-            raise RuntimeError(f"{n}: get_tuple did not return the latest checkpoint")
-        if len(listed) != min(10, size):
-            raise RuntimeError(f"{n}: list(limit=10) returned {len(listed)} checkpoints")
-    return {n: {"threads": threads, **{op: stats_ms(timings[n][op]) for op in OPS}} for n in names}
+        for size in rotated(sizes, r):
+            for n in rotated(names, r * len(sizes) + size):
+                saver, latest = savers[n], firsts[size][n]
+                timings[size][n]["get_tuple"].append(
+                    await timed(lambda s=saver, c=latest: s.aget_tuple(c))  # type: ignore[misc]
+                )
+                timings[size][n]["list"].append(
+                    await timed(lambda s=saver, c=latest: _drain(s.alist(c, limit=10)))  # type: ignore[misc]
+                )
+    for size in sizes:  # every saver answered right (figures of a wrong answer mean nothing)
+        for n in names:
+            got = await savers[n].aget_tuple(firsts[size][n])
+            listed = await _drain(savers[n].alist(firsts[size][n], limit=10))
+            if got is None or got.checkpoint["channel_values"]["step"] != size - 1:
+                raise RuntimeError(f"{n}: get_tuple did not return the latest checkpoint")
+            if len(listed) != min(10, size):
+                raise RuntimeError(f"{n}: list(limit=10) returned {len(listed)} checkpoints")
+
+
+async def bench_sizes(
+    savers: dict[str, Any], sizes: Sequence[int], samples: int, reads: int
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Timings at each thread length: the fills one length after another, then the reads of
+    every length in one interleaved phase."""
+    timings: dict[int, dict[str, dict[str, list[float]]]] = {}
+    threads: dict[int, int] = {}
+    firsts: dict[int, dict[str, dict[str, Any]]] = {}
+    for size in sizes:
+        gc.collect()
+        timings[size], threads[size], firsts[size] = await fill_size(savers, size, samples)
+        console.print(f"  {size} checkpoints: filled")
+    await read_sizes(savers, firsts, timings, reads)
+    return {
+        size: {
+            n: {"threads": threads[size], **{op: stats_ms(timings[size][n][op]) for op in OPS}}
+            for n in savers
+        }
+        for size in sizes
+    }
 
 
 async def bytes_per_checkpoint(
@@ -307,13 +348,13 @@ async def run(url: str, quick: bool) -> dict[str, Any]:
             n: await stack.enter_async_context(open_saver(n, url, provider))
             for n in figures["savers"]
         }
-        await bench_size(savers, 20, 20, 20)  # warm-up: connections, scripts, first-call costs
-        for size in sizes:
-            await admin.flushall()
-            gc.collect()
-            for n, f in (await bench_size(savers, size, samples, reads)).items():
+        await bench_sizes(savers, [20], 20, 20)  # warm-up: connections, scripts, first calls
+        await admin.flushall()
+        for size, per_saver in (await bench_sizes(savers, sizes, samples, reads)).items():
+            for n, f in per_saver.items():
                 figures["savers"][n][str(size)] = f
-            console.print(f"  {size} checkpoints: timings done")
+        console.print("  timings done")
+        for size in sizes:
             for n in (SIDECAR, PLAIN, AWS):
                 threads = figures["savers"][n][str(size)]["threads"]
                 figures["savers"][n][str(size)][
