@@ -66,6 +66,17 @@ def provider() -> TracerProvider:
     return made
 
 
+async def save_and_load(client: aioredis.Redis) -> None:
+    """A save and a load through a Checkpointer on ``client``, traced by :data:`TIMELINE`."""
+    async with Checkpointer(
+        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry(),
+        tracer_provider=provider(),
+    ) as cp:  # fmt: skip
+        mgr = cp.manager(CTX)
+        assert await mgr.save_section("summary", CONTENT) is True
+        assert await mgr.load_all_sections() == {"summary": CONTENT}
+
+
 def check_overlapped(expected_spans: int) -> None:
     """Every span started after its command was written, dated from before the write."""
     kinds = [name for name, _ in TIMELINE.events]
@@ -86,13 +97,7 @@ async def test_async_direct_path_builds_the_span_after_the_write(
     client = aioredis.Redis.from_url(
         redis_server.url, connection_class=AsyncWriteRecording, socket_timeout=None
     )
-    async with Checkpointer(
-        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry(),
-        tracer_provider=provider(),
-    ) as cp:  # fmt: skip
-        mgr = cp.manager(CTX)
-        assert await mgr.save_section("summary", CONTENT) is True
-        assert await mgr.load_all_sections() == {"summary": CONTENT}
+    await save_and_load(client)
     check_overlapped(2)
     await client.aclose()
 
@@ -128,13 +133,7 @@ async def test_a_hook_on_redis_pys_path_runs_inside_the_span(
 ) -> None:
     client = CurrentSpanSeen.from_url(redis_server.url)
     client.seen = []
-    async with Checkpointer(
-        client, CheckpointConfig(budget_ms=1000), registry=CollectorRegistry(),
-        tracer_provider=provider(),
-    ) as cp:  # fmt: skip
-        mgr = cp.manager(CTX)
-        assert await mgr.save_section("summary", CONTENT) is True
-        assert await mgr.load_all_sections() == {"summary": CONTENT}
+    await save_and_load(client)
     assert client.seen == ["checkpoint.save_section", "checkpoint.load_all_sections"]
     assert trace.get_current_span().is_recording() is False  # detached after each call
     await client.aclose()
