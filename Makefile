@@ -23,15 +23,16 @@ demo: install-demo
 	$(BIN)/checkpoint-sidecar demo $(DEMO_ARGS)
 
 ## Debian tools the tests use: prometheus (promtool + the server of the end-to-end proof),
-## redis-server (TLS-capable, for the TLS tests and as a second target), openssl (test CA) and
-## nodejs (the Node client of the HTTP API and its tests).
-TOOLS_PKGS := prometheus redis-server openssl nodejs
+## redis-server (TLS-capable, for the TLS tests and as a second target), openssl (test CA),
+## nodejs (the Node client of the HTTP API and its tests) and curl (the README's curl session).
+TOOLS_PKGS := prometheus redis-server openssl nodejs curl
 test-tools:
 	@missing=""; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
