@@ -57,6 +57,12 @@ SECTIONS = ("summary", "data_analysis", "recommendations", "action_items")
 QS = (0.5, 0.9, 0.99)
 
 
+def _codes(throughput: dict[str, Any]) -> str:
+    """``: budget_exceeded 1, ...``: what the failed saves of the throughput phase answered."""
+    codes = throughput.get("error_codes") or {}
+    return (": " + ", ".join(f"{k} {v}" for k, v in sorted(codes.items()))) if codes else ""
+
+
 def pcts(samples_us: list[float]) -> dict[str, float]:
     return {f"p{round(q * 100)}_ms": quantile(samples_us, q) / 1000 for q in QS}
 
@@ -312,7 +318,8 @@ async def main() -> None:
     for kind, got in throughput.items():
         console.print(
             f"saves/s from 32 concurrent Node requests ({kind}): {got['saves_per_s']:.0f} "
-            f"({got['errors']} errors, {got['seconds']:.1f} s, {got['connections']} connections)"
+            f"({got['errors']} errors{_codes(got)}, {got['seconds']:.1f} s, "
+            f"{got['connections']} connections)"
         )
     s = figures["save"]
     console.print(

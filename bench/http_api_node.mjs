@@ -35,14 +35,17 @@ async function throughput(client) {
   const deadline = performance.now() + Number(seconds) * 1000;
   let saves = 0;
   let errors = 0;
+  const errorCodes = {}; // the problem code (or Node's error code) of each failed save
   const worker = async (w) => {
     let i = 0;
     while (performance.now() < deadline) {
       try {
         await client.saveSection(user, `${run}-tp-${w}`, `s${i % 4}`, content);
         saves += 1;
-      } catch {
+      } catch (err) {
         errors += 1;
+        const code = String(err?.code ?? err?.name ?? 'unknown');
+        errorCodes[code] = (errorCodes[code] ?? 0) + 1;
       }
       i += 1;
     }
@@ -52,7 +55,7 @@ async function throughput(client) {
   const elapsed = (performance.now() - started) / 1000;
   const { open } = client.transport.stats();
   for (let w = 0; w < Number(concurrency); w += 1) await client.cleanup(user, `${run}-tp-${w}`).catch(() => {});
-  return { saves, errors, seconds: elapsed, saves_per_s: saves / elapsed, connections: open };
+  return { saves, errors, error_codes: errorCodes, seconds: elapsed, saves_per_s: saves / elapsed, connections: open };
 }
 
 const sections = ['summary', 'data_analysis', 'recommendations', 'action_items'];
