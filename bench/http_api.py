@@ -11,6 +11,8 @@ progress, age), first by the library in this process, then by the Node client
 both. The hop is the difference per percentile. Then saves/s from 32 concurrent Node requests.
 For scale, the same Node calls also go to a no-op ASGI app on the same uvicorn + uvloop set-up
 (``--floor-server`` mode of this script): the cost of the HTTP round trip alone on this machine.
+It answers a save with 204 and the resume view with 200 and the very bytes the API answers
+(~8.6 KB), so each floor carries its call's response.
 
 The Node client's transports (``--transports``, default ``socket,http``: the lean node:net
 client, the default, and node:http) are measured in the same Node process, alternating call by
@@ -82,6 +84,13 @@ async def library_round(cp: Checkpointer, n: int, content: Any) -> tuple[list[fl
     return save, view
 
 
+async def api_view_body(cp: Checkpointer) -> bytes:
+    """The bytes the API answers for this run's resume view (its own encoder, same sections)."""
+    from sidecar.api.view import RawSection, view_json
+
+    return view_json(await cp.manager(RunContext(user_id=USER, run_id=RUN)).resume_view(RawSection))
+
+
 def start_sidecar(
     url: str, workdir: Path, listen: str = "tcp"
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -110,20 +119,27 @@ def start_sidecar(
     raise SystemExit(f"the sidecar did not start: {out.read_text()[-2000:]}")
 
 
-async def floor_server(socket_path: str | None = None) -> None:
-    """A no-op ASGI app (204 to everything) on uvicorn + uvloop: the HTTP floor (on TCP, or on
-    the Unix socket ``socket_path``)."""
+async def floor_server(view_body: bytes, socket_path: str | None = None) -> None:
+    """A no-op ASGI app on uvicorn + uvloop: the HTTP floor (on TCP, or on the Unix socket
+    ``socket_path``). A GET answers 200 with ``view_body`` (the API's resume view, so the
+    floor carries the same response bytes), anything else 204."""
     import socket
 
     import uvicorn
+
+    view_head = [(b"content-type", b"application/json")]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         while (await receive()).get("more_body"):
             pass
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        get = scope["method"] == "GET"
+        await send(
+            {"type": "http.response.start", "status": 200 if get else 204,
+             "headers": view_head if get else []}
+        )  # fmt: skip
+        await send({"type": "http.response.body", "body": view_body if get else b""})
 
     if socket_path:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,12 +158,16 @@ async def floor_server(socket_path: str | None = None) -> None:
     await uvicorn.Server(config).serve(sockets=[sock])
 
 
-def start_floor(workdir: Path, listen: str = "tcp") -> tuple[subprocess.Popen[bytes], str]:
+def start_floor(
+    workdir: Path, view_body: bytes, listen: str = "tcp"
+) -> tuple[subprocess.Popen[bytes], str]:
     out = workdir / "floor.out"
+    body = workdir / "view.json"
+    body.write_bytes(view_body)
     where = [] if listen == "tcp" else [str(workdir / "floor.sock")]
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--floor-server", *where], stdout=sink,
+            [sys.executable, __file__, "--floor-server", str(body), *where], stdout=sink,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
         )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -221,12 +241,13 @@ async def main() -> None:
     with bench_server(binary=args.server) as server, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         proc, api_url = start_sidecar(server.url, workdir, args.listen)
-        floor_proc, floor_url = start_floor(workdir, args.listen)
         cp = Checkpointer.from_url(
             server.url, config=CheckpointConfig(strict=True), registry=CollectorRegistry()
         )
+        floor_proc = None
         try:
             await library_round(cp, 200, content)  # warm-up
+            floor_proc, floor_url = start_floor(workdir, await api_view_body(cp), args.listen)
             for r in range(args.rounds):
                 save, view = await library_round(cp, args.iterations, content)
                 lib["save"] += save
@@ -250,7 +271,8 @@ async def main() -> None:
         finally:
             await cp.aclose()
             stop_process(proc)
-            stop_process(floor_proc)
+            if floor_proc is not None:
+                stop_process(floor_proc)
     figures: dict[str, Any] = {
         "machine": machine(),
         "iterations": args.iterations,
@@ -336,6 +358,7 @@ if __name__ == "__main__":
         import uvloop
 
         i = sys.argv.index("--floor-server")
-        uvloop.run(floor_server(sys.argv[i + 1] if len(sys.argv) > i + 1 else None))
+        body, where = Path(sys.argv[i + 1]).read_bytes(), sys.argv[i + 2 : i + 3]
+        uvloop.run(floor_server(body, where[0] if where else None))
     else:
         asyncio.run(main())
