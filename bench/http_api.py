@@ -12,7 +12,7 @@ both. The hop is the difference per percentile. Then saves/s from 32 concurrent 
 For scale, the same Node calls also go to a no-op ASGI app on the same uvicorn + uvloop set-up
 (``--floor-server`` mode of this script): the cost of the HTTP round trip alone on this machine.
 It answers a save with 204 and the resume view with 200 and the very bytes the API answers
-(~8.6 KB), so each floor carries its call's response.
+(~8.4 KB), so each floor carries its call's response.
 
 The Node client's transports (``--transports``, default ``socket,http``: the lean node:net
 client, the default, and node:http) are measured in the same Node process, alternating call by
@@ -52,6 +52,7 @@ from _common import (
 from prometheus_client import CollectorRegistry
 
 from sidecar import CheckpointConfig, Checkpointer, RunContext
+from sidecar.api.view import RawSection, view_json
 from sidecar.server.embedded import stop_process
 
 USER, RUN = "bench-user", "bench-run"
@@ -86,8 +87,6 @@ async def library_round(cp: Checkpointer, n: int, content: Any) -> tuple[list[fl
 
 async def api_view_body(cp: Checkpointer) -> bytes:
     """The bytes the API answers for this run's resume view (its own encoder, same sections)."""
-    from sidecar.api.view import RawSection, view_json
-
     return view_json(await cp.manager(RunContext(user_id=USER, run_id=RUN)).resume_view(RawSection))
 
 
