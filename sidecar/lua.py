@@ -90,15 +90,30 @@ local function mark(section)
 end
 """
 
-# Every section as a flat [name, content, ...] in completion order (sections without an order
-# entry last, by name). Sorting here sends the client one short array instead of both hashes:
+# A flat [name, value, ...] list as one string of "<byte length>:<bytes>" items (read by
+# ``sidecar.core.verbs.packed_pairs``). redis-py's RESP parser is pure Python and spends ~2.7 us
+# on every element of a reply here, more than the bytes cost: a resume view of four sections
+# and their meta hash came back as 25 elements, 4 once packed (-60 us p50 a call, measured).
+# The length prefix makes it binary-safe (sealed and compressed values are arbitrary bytes).
+_PACKED = """
+local function packed(flat)
+  local parts = {}
+  for i = 1, #flat do parts[i] = #flat[i] .. ':' .. flat[i] end
+  return table.concat(parts)
+end
+"""
+
+# Every section as packed [name, content, ...] in completion order (sections without an order
+# entry last, by name). Sorting here sends the client one value instead of both hashes:
 # ~20 us less per call than returning HGETALL of sections and meta for Python to order.
-_SECTIONS_IN_ORDER = """
+_SECTIONS_IN_ORDER = (
+    _PACKED
+    + """
 local function sections_in_order()
   local flat = redis.call('HGETALL', KEYS[1])
   local n = #flat / 2
   local out = {}
-  if n == 0 then return out end
+  if n == 0 then return '' end
   local meta = redis.call('HGETALL', KEYS[2])
   local pos = {}
   for i = 1, #meta, 2 do
@@ -118,9 +133,10 @@ local function sections_in_order()
     out[2 * j - 1] = flat[2 * i - 1]
     out[2 * j] = flat[2 * i]
   end
-  return out
+  return packed(out)
 end
 """
+)
 
 # ARGV: section, payload, ttl_ms, owner ('' = no lease), fence, lease_ms, next section in
 # progress ('' = none; a run folds the next step's marker into this save: one round trip a step)
@@ -156,7 +172,7 @@ return 1
 # ARGV: owner, lease_ms, ttl_ms, plan... (the plan's sections in order; may be empty)
 # Takes the lease (or keeps it, when a timed-out acquire of this owner landed), sets the next
 # fencing token, records the plan length, marks the first planned section not yet stored as in
-# progress, slides the TTL. Returns {1, fence, sections in order (flat)} or {0, lease pttl}.
+# progress, slides the TTL. Returns {1, fence, sections in order (packed)} or {0, lease pttl}.
 ACQUIRE_LEASE = Script(
     "lease_acquire",
     "#!lua\n"
@@ -294,13 +310,13 @@ return {redis.call('HGET', KEYS[2], 't'), t[1], t[2]}
 """,
 )
 
-# The resume view of a run in one call: {sections in order (flat), meta (flat HGETALL), server
+# The resume view of a run in one call: {sections in order (packed), meta (HGETALL, packed), server
 # TIME seconds, microseconds}. Read-only.
 RESUME_VIEW = Script(
     "resume_view",
     "#!lua flags=no-writes\n"
     + _SECTIONS_IN_ORDER
     + """local t = redis.call('TIME')
-return {sections_in_order(), redis.call('HGETALL', KEYS[2]), t[1], t[2]}
+return {sections_in_order(), packed(redis.call('HGETALL', KEYS[2])), t[1], t[2]}
 """,
 )

@@ -32,7 +32,7 @@ from typing import Any
 
 from sidecar import codec, lua
 from sidecar.core.ops import Op, Sizes, script_call
-from sidecar.core.verbs import Verbs, flat_pairs, text
+from sidecar.core.verbs import Verbs, packed_pairs, text
 from sidecar.errors import (
     CheckpointError,
     CheckpointRefused,
@@ -125,7 +125,7 @@ class RunState:
             self.just_confirmed = True
             self._lease_confirmed()
             self.lost = False
-            self.restored = self._decode_restored(flat_pairs(reply[2]))
+            self.restored = self._decode_restored(packed_pairs(reply[2]))
             self.resumed = bool(self.restored)
             missing = [s for s in self.plan if s not in self.restored]
             self.marked = missing[0] if missing else ""

@@ -50,9 +50,30 @@ def text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def flat_pairs(flat: list[Any]) -> list[tuple[str, Any]]:
-    """A flat [name, value, ...] reply as (str name, value) pairs, in reply order."""
-    return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+def packed_pairs(blob: bytes | str | None) -> list[tuple[str, Any]]:
+    """A packed [name, value, ...] reply (the Lua ``packed``: ``<byte length>:<bytes>`` items)
+    as (str name, value) pairs, in reply order. Values stay bytes, or str when the client
+    decodes responses (as an unpacked reply would have been)."""
+    if not blob:
+        return []
+    decoded = isinstance(blob, str)
+    data: bytes = blob.encode("utf-8") if isinstance(blob, str) else blob
+    items: list[Any] = []
+    find, end, i = data.find, len(data), 0
+    while i < end:
+        colon = find(b":", i)
+        length = data[i:colon]
+        start = colon + 1
+        stop = start + int(length) if colon > i and length.isdigit() else end + 1
+        if stop > end:
+            raise ValueError(f"a packed reply is damaged at byte {i}")
+        items.append(data[start:stop])
+        i = stop
+    if len(items) % 2:
+        raise ValueError("a packed reply has a name without a value")
+    if decoded:
+        items = [item.decode("utf-8") for item in items]
+    return [(text(items[i]), items[i + 1]) for i in range(0, len(items), 2)]
 
 
 def parse_time(raw: Any) -> datetime | None:
@@ -243,7 +264,7 @@ class Verbs:
         def parse(reply: Any) -> dict[str, Any]:
             return {
                 name: codec.load(name, self.open(name, raw, sizes), model)
-                for name, raw in flat_pairs(reply or [])
+                for name, raw in packed_pairs(reply)
             }
 
         empty: dict[str, Any] = {}
@@ -288,13 +309,13 @@ class Verbs:
         sizes = Sizes()
 
         def parse(reply: Any) -> ResumeView | None:
-            flat, meta_flat, sec, usec = reply
-            meta = dict(flat_pairs(meta_flat))
+            flat, meta_packed, sec, usec = reply
+            meta = dict(packed_pairs(meta_packed))
             if not flat and not meta:
                 return None
             sections = {
                 name: codec.load(name, self.open(name, raw, sizes), model)
-                for name, raw in flat_pairs(flat)
+                for name, raw in packed_pairs(flat)
             }
             return ResumeView(
                 sections=sections,
