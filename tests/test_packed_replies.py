@@ -1,7 +1,7 @@
-"""Packed script replies: the Lua ``packed`` and ``packed_pairs`` agree on any bytes.
+"""Packed script replies: the Lua ``pack`` and ``sidecar.core.packed`` agree on any bytes.
 
 The reading scripts (resume view, load all, acquire + restore) answer a run's sections and
-meta as one ``<byte length>:<bytes>`` string instead of one RESP element per field, because
+meta as one ``<len>,<len>,...;<parts>`` string instead of one RESP element per field, because
 redis-py's pure-Python parser costs more per element than per byte. These tests run the real
 Lua on the real server: binary values, separators inside values, empty strings, multi-byte
 text through a client that decodes responses.
@@ -15,10 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from sidecar import CheckpointConfig, Checkpointer, RunContext
-from sidecar.core.verbs import packed_pairs
-from sidecar.lua import _PACKED
+from sidecar.core.packed import packed_pairs, unpack
+from sidecar.lua import PACK
 
-PACK_ARGV = _PACKED + "return packed(ARGV)\n"
+PACK_ARGV = PACK + "return pack(ARGV)\n"
 
 TRICKY: list[tuple[str, bytes]] = [
     ("summary", b'{"text": "plain"}'),
@@ -50,20 +50,17 @@ async def test_lua_packed_and_packed_pairs_agree_on_any_bytes(
         argv = [part for name, value in pairs for part in (name.encode(), value)]
         blob = await redis_client.eval(PACK_ARGV, 0, *argv)  # type: ignore[misc]
         assert packed_pairs(blob) == pairs
+        assert unpack(blob) == argv
+    odd = [b"a", b"", b";", b"3,4;"]
+    assert unpack(await redis_client.eval(PACK_ARGV, 0, *odd)) == odd  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
     "blob",
-    [b"5:abc", b"3:abc4:", b"abc", b"1:a", b"x:ab", b"1:a1:b1:c"],
-    ids=[
-        "short-value",
-        "short-second",
-        "no-colon",
-        "name-without-value",
-        "bad-length",
-        "three-items",
-    ],
-)
+    [b"5;abc", b"3,4;abcd", b"abc", b"1;a", b"x;ab", b"1,1,1;abc", b";x", b"1;ab", b"-1;"],
+    ids=["short", "short-second", "no-semicolon", "name-without-value", "bad-length",
+         "three-parts", "trailing", "long", "negative"],
+)  # fmt: skip
 def test_a_damaged_packed_reply_is_refused(blob: bytes) -> None:
     with pytest.raises(ValueError, match="a packed reply"):
         packed_pairs(blob)
@@ -71,6 +68,7 @@ def test_a_damaged_packed_reply_is_refused(blob: bytes) -> None:
 
 def test_nothing_packed_is_no_pairs() -> None:
     assert packed_pairs(b"") == [] == packed_pairs("") == packed_pairs(None)
+    assert packed_pairs(b";") == [] == unpack(b";")
 
 
 @pytest.mark.standalone_only("builds a standalone client from redis_url")

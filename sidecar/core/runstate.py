@@ -32,7 +32,8 @@ from typing import Any
 
 from sidecar import codec, lua
 from sidecar.core.ops import Op, Sizes, script_call
-from sidecar.core.verbs import Verbs, packed_pairs, text
+from sidecar.core.packed import packed_pairs
+from sidecar.core.verbs import Verbs, text
 from sidecar.errors import (
     CheckpointError,
     CheckpointRefused,

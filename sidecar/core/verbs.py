@@ -36,6 +36,7 @@ from sidecar.config import CheckpointConfig
 from sidecar.core.calls import CallRecorder
 from sidecar.core.durability import Durability, Replicated
 from sidecar.core.ops import Command, Op, Sizes, script_call
+from sidecar.core.packed import packed_pairs
 from sidecar.errors import CheckpointError, NotReplicated
 from sidecar.keys import RunKeys, run_keys, validate_section
 from sidecar.models import ContextLike, Progress, ResumeView
@@ -48,32 +49,6 @@ _ORDER = "o:"
 def text(value: Any) -> str:
     """A reply element as str, whether the client decodes responses or not."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def packed_pairs(blob: bytes | str | None) -> list[tuple[str, Any]]:
-    """A packed [name, value, ...] reply (the Lua ``packed``: ``<byte length>:<bytes>`` items)
-    as (str name, value) pairs, in reply order. Values stay bytes, or str when the client
-    decodes responses (as an unpacked reply would have been)."""
-    if not blob:
-        return []
-    decoded = isinstance(blob, str)
-    data: bytes = blob.encode("utf-8") if isinstance(blob, str) else blob
-    items: list[Any] = []
-    find, end, i = data.find, len(data), 0
-    while i < end:
-        colon = find(b":", i)
-        length = data[i:colon]
-        start = colon + 1
-        stop = start + int(length) if colon > i and length.isdigit() else end + 1
-        if stop > end:
-            raise ValueError(f"a packed reply is damaged at byte {i}")
-        items.append(data[start:stop])
-        i = stop
-    if len(items) % 2:
-        raise ValueError("a packed reply has a name without a value")
-    if decoded:
-        items = [item.decode("utf-8") for item in items]
-    return [(text(items[i]), items[i + 1]) for i in range(0, len(items), 2)]
 
 
 def parse_time(raw: Any) -> datetime | None:

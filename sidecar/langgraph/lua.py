@@ -16,7 +16,7 @@ separator, ``\\30`` the record separator, index members start with ``\\1`` (a ch
 
 from __future__ import annotations
 
-from sidecar.lua import Script
+from sidecar.lua import PACK, Script
 
 _COMMON = r"""
 local US, RS = '\31', '\30'
@@ -26,20 +26,8 @@ local function slide(ttl)
   redis.call('PEXPIRE', KEYS[3], ttl)
 end
 """
-# Helper of the scripts that read checkpoints (not defined in the write scripts, which run
-# on every step: each function definition is a closure made on every call).
-# One string "<len>,<len>,...;<part><part>...": a reply of one bulk string costs the client
-# far less to read than an array of many (redis-py parses each element in Python: ~2.5 us an
-# element measured, against one string).
-_PACK = r"""
-local function pack(parts)
-  local lens = {}
-  for i = 1, #parts do lens[i] = #parts[i] end
-  local out = {table.concat(lens, ','), ';'}
-  for i = 1, #parts do out[i + 2] = parts[i] end
-  return table.concat(out)
-end
-"""
+# ``PACK`` (sidecar.lua) is defined only in the scripts that read checkpoints, not in the write
+# scripts, which run on every step: each function definition is a closure made on every call.
 
 # One checkpoint, packed: ns, id, record, writes, then the value of each channel in the order
 # of the record's versions ('' for one not stored), or false: two HMGETs, whatever the thread's
@@ -47,7 +35,7 @@ end
 # version \31 ...": each value's field is "b \31 ns \31" and one (channel \31 version) of it,
 # cut from the record as it is (no table of the versions, no split).
 _LOAD = (
-    _PACK
+    PACK
     + r"""
 local function load(ns, cid)
   local base = ns .. US .. cid

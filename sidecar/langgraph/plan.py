@@ -40,6 +40,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
 from sidecar.codec import parse as parse_json
+from sidecar.core.packed import unpack
 from sidecar.errors import InvalidIdentifier, SerializationError
 from sidecar.langgraph import lua
 from sidecar.langgraph.keys import (
@@ -275,20 +276,6 @@ def plan_get_tuple(
         return Plan(lua.GET_TUPLE, (keys.idx, keys.state), args)
     args = (where.ns or "", where.checkpoint_id or "", refresh_ms)
     return Plan(lua.GET_TUPLE_REFRESH, keys.all, args)
-
-
-def unpack(packed: bytes) -> list[bytes]:
-    """The parts of a string packed by the scripts' ``pack``: ``<len>,<len>...;<parts>``."""
-    semi = packed.index(b";")
-    if semi == 0:
-        return []
-    parts = []
-    pos = semi + 1
-    for size in map(int, packed[:semi].split(b",")):
-        end = pos + size
-        parts.append(packed[pos:end])
-        pos = end
-    return parts
 
 
 def parse_checkpoint(serde: SerializerProtocol, thread_id: str, packed: bytes) -> CheckpointTuple:
