@@ -52,7 +52,8 @@ from _common import (
 from prometheus_client import CollectorRegistry
 
 from sidecar import CheckpointConfig, Checkpointer, RunContext
-from sidecar.api.view import RawSection, view_json
+from sidecar.api.view import view_json
+from sidecar.codec import STORED_JSON
 from sidecar.server.embedded import stop_process
 
 USER, RUN = "bench-user", "bench-run"
@@ -87,7 +88,9 @@ async def library_round(cp: Checkpointer, n: int, content: Any) -> tuple[list[fl
 
 async def api_view_body(cp: Checkpointer) -> bytes:
     """The bytes the API answers for this run's resume view (its own encoder, same sections)."""
-    return view_json(await cp.manager(RunContext(user_id=USER, run_id=RUN)).resume_view(RawSection))
+    return view_json(
+        await cp.manager(RunContext(user_id=USER, run_id=RUN)).resume_view(STORED_JSON)
+    )
 
 
 def start_sidecar(

@@ -13,8 +13,9 @@ from typing import Any
 
 from sidecar.api.http import BODY_TIMEOUT_S, JSON_TYPE, NO_CONTENT, Request, Response, parse_json
 from sidecar.api.problems import Problem
-from sidecar.api.view import RawSection, view_json
+from sidecar.api.view import view_json
 from sidecar.checkpointer import Checkpointer
+from sidecar.codec import STORED_JSON
 from sidecar.keys import validate_section
 from sidecar.manager import CheckpointManager
 
@@ -109,7 +110,7 @@ async def load_section(api: Api, req: Request) -> Response:
 
 
 async def resume_view(api: Api, req: Request) -> Response:
-    view = await api.manager(_ids(req)).resume_view(RawSection)  # sections as stored JSON
+    view = await api.manager(_ids(req)).resume_view(STORED_JSON)  # sections as stored JSON
     if view is None:
         raise Problem("run_not_found", "this run has no checkpoints (never saved, or expired)")
     return Response(200, view_json(view), JSON_TYPE)

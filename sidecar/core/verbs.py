@@ -81,7 +81,11 @@ def progress_from_meta(meta: dict[str, Any]) -> Progress:
 
 
 def age_seconds(last: Any, now: datetime) -> float | None:
-    saved = parse_time(last)
+    return since(parse_time(last), now)
+
+
+def since(saved: datetime | None, now: datetime) -> float | None:
+    """Seconds from ``saved`` to ``now`` (never negative), None without a save."""
     return None if saved is None else max(0.0, (now - saved).total_seconds())
 
 
@@ -292,10 +296,11 @@ class Verbs:
                 name: codec.load(name, self.open(name, raw, sizes), model)
                 for name, raw in packed_pairs(flat)
             }
+            progress = progress_from_meta(meta) if meta else Progress()
             return ResumeView(
                 sections=sections,
-                progress=progress_from_meta(meta) if meta else Progress(),
-                age_seconds=age_seconds(meta.get("t"), server_now(sec, usec)),
+                progress=progress,
+                age_seconds=since(progress.last_update, server_now(sec, usec)),
             )
 
         command = script_call(lua.RESUME_VIEW, self.scope.keys.all[:2])
