@@ -42,12 +42,11 @@ def packed_pairs(blob: bytes | str | None) -> list[tuple[str, Any]]:
     array reply would have been)."""
     if not blob:
         return []
-    decoded = isinstance(blob, str)
     parts = unpack(blob.encode("utf-8") if isinstance(blob, str) else blob)
     if len(parts) % 2:
         raise ValueError("a packed reply has a name without a value")
     names = [name.decode("utf-8") for name in parts[0::2]]
     values: list[Any] = parts[1::2]
-    if decoded:
+    if isinstance(blob, str):
         values = [value.decode("utf-8") for value in values]
     return list(zip(names, values, strict=True))
